@@ -1,0 +1,290 @@
+"""One typed, frozen config tree; loaded from YAML, changed with dotted overrides.
+
+The same dotted names (``diffusion.steps``, ``loss.cps``, ``rounds``) are used on the command
+line, in config files and in search spaces.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "experiments" / "configs"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "synthetic"
+    root: str = ""  # empty: $DIFFSEG_DATA, else ../shared/data beside the project
+    size: int = 128  # 2D images are resized to size x size
+    val_ratio: float = 0.15
+    labeled_ratio: float = 0.1
+    labeled_count: int = 0  # > 0 overrides labeled_ratio
+    split_seed: int = 0
+    cache_dir: str = ""  # empty: $DIFFSEG_CACHE, else ~/.cache/diffseg
+    augment: bool = True
+    intensity_jitter: float = 0.0  # 0 disables brightness/contrast jitter
+    num_workers: int = 0
+    synthetic_count: int = 48  # images made by the synthetic dataset
+    synthetic_kind: str = "glands"  # glands | lesions
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    steps: int = 1000  # T
+    schedule: str = "sigmoid"  # sigmoid | linear | cosine
+    sample_steps: int = 1  # 1 = the paper's single step; > 1 = DDIM-style sampling
+    start_t: int = -1  # timestep the empty mask is noised to; -1 = random in [0, T)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    width: int = 64
+    depth: int = 4  # number of down-sampling stages
+    dropout: bool = True
+    student: str = "twin"  # twin | timm
+    timm_encoder: str = "resnet18"
+    timm_weights: str = ""  # local weights file for the timm encoder; never downloaded
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    cps: float = 1.0  # cross pseudo supervision
+    align: float = 1.0  # w for the round alignment terms
+    rec: float = 1.0  # w for the round reconstruction terms
+    unlabeled: float = 1.0  # lambda_u, ramped linearly over the epochs
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    epochs: int = 200
+    lr: float = 1e-3
+    batch_size: int = 8
+    warmup_epochs: int = 20
+    decay_every: int = 50  # halve the learning rate every N epochs after warm-up
+    iters_per_epoch: int = 0  # 0: stage default (see METHOD.md)
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "run"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # mixed precision on CUDA (bf16 where supported); ignored on CPU
+    protocol: str = "standard"  # standard (validation selects) | paper (test selects)
+    rounds: int = 3  # R
+    round_mode: str = "independent"  # independent | chained
+    data: DataConfig = field(default_factory=DataConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    pretrain: StageConfig = field(default_factory=StageConfig)
+    train: StageConfig = field(default_factory=lambda: StageConfig(lr=0.01))
+
+
+CHOICES = {
+    "data.synthetic_kind": ("glands", "lesions"),
+    "diffusion.schedule": ("sigmoid", "linear", "cosine"),
+    "model.student": ("twin", "timm"),
+    "protocol": ("standard", "paper"),
+    "round_mode": ("independent", "chained"),
+}
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Check ``value`` against the field type; ints are accepted where floats are expected."""
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif typ is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(f"config key '{key}' expects {typ.__name__}, got {value!r}")
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {data!r}")
+    hints = _hints(cls)
+    names = [f.name for f in fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        dotted = prefix + str(key)
+        if key not in names:
+            section = prefix.rstrip(".") or "<top level>"
+            raise ConfigError(f"unknown config key '{dotted}'; valid keys in {section}: {', '.join(names)}")
+        typ = hints[key]
+        if is_dataclass(typ):
+            kwargs[key] = _build(typ, value, dotted + ".")
+        else:
+            kwargs[key] = _coerce(dotted, value, typ)
+    cfg = cls(**kwargs)
+    return cfg
+
+
+def validate(cfg: Config) -> Config:
+    """Value checks that the types alone cannot express."""
+    flat = to_flat(cfg)
+    for key, allowed in CHOICES.items():
+        if flat[key] not in allowed:
+            raise ConfigError(f"config key '{key}' = {flat[key]!r}; choose one of {', '.join(allowed)}")
+    positive = ["data.size", "diffusion.steps", "diffusion.sample_steps", "model.width", "model.depth",
+                "rounds", "pretrain.batch_size", "train.batch_size", "data.synthetic_count"]
+    for key in positive:
+        if flat[key] < 1:
+            raise ConfigError(f"config key '{key}' must be >= 1, got {flat[key]}")
+    for key in ["data.val_ratio", "data.labeled_ratio"]:
+        if not 0.0 <= flat[key] < 1.0 + 1e-9:
+            raise ConfigError(f"config key '{key}' must be in [0, 1], got {flat[key]}")
+    for key in ["pretrain.epochs", "train.epochs", "pretrain.lr", "train.lr", "data.labeled_count",
+                "data.num_workers", "loss.cps", "loss.align", "loss.rec", "loss.unlabeled",
+                "data.intensity_jitter", "pretrain.iters_per_epoch", "train.iters_per_epoch"]:
+        if flat[key] < 0:
+            raise ConfigError(f"config key '{key}' must be >= 0, got {flat[key]}")
+    if flat["diffusion.start_t"] >= flat["diffusion.steps"]:
+        raise ConfigError(f"config key 'diffusion.start_t' = {flat['diffusion.start_t']} must be < "
+                          f"diffusion.steps = {flat['diffusion.steps']} (or -1 for random)")
+    if flat["diffusion.sample_steps"] > flat["diffusion.steps"]:
+        raise ConfigError("config key 'diffusion.sample_steps' must not exceed diffusion.steps")
+    if flat["data.size"] % (2 ** flat["model.depth"]):
+        raise ConfigError(f"config key 'data.size' = {flat['data.size']} must be divisible by "
+                          f"2**model.depth = {2 ** flat['model.depth']}")
+    return cfg
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_flat(cfg, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if is_dataclass(value):
+            out.update(to_flat(value, prefix + f.name + "."))
+        else:
+            out[prefix + f.name] = value
+    return out
+
+
+def valid_keys() -> list[str]:
+    return sorted(to_flat(Config()))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` with the value parsed as YAML (so 0.5 is a float and true a bool)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def nest(flat: dict[str, Any]) -> dict:
+    out: dict = {}
+    for key, value in flat.items():
+        parts = key.split(".")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"config key '{key}' conflicts with a value set for '{part}'")
+        node[parts[-1]] = value
+    return out
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any] | list[str]) -> Config:
+    """Return a new config with dotted overrides applied and type-checked."""
+    if isinstance(overrides, list):
+        overrides = dict(parse_override(o) for o in overrides)
+    return validate(_merge(cfg, nest(overrides)))
+
+
+def _merge(obj, changes: dict, prefix: str = ""):
+    hints = _hints(type(obj))
+    names = [f.name for f in fields(obj)]
+    kwargs = {}
+    for key, value in changes.items():
+        dotted = prefix + key
+        if key not in names:
+            section = prefix.rstrip(".") or "<top level>"
+            raise ConfigError(f"unknown config key '{dotted}'; valid keys in {section}: {', '.join(names)}")
+        current = getattr(obj, key)
+        if is_dataclass(current):
+            kwargs[key] = _merge(current, value if isinstance(value, dict) else _not_section(dotted, value),
+                                 dotted + ".")
+        else:
+            kwargs[key] = _coerce(dotted, value, hints[key])
+    return replace(obj, **kwargs)
+
+
+def _not_section(key, value):
+    raise ConfigError(f"config key '{key}' is a section; set its fields like {key}.<field>=..., got {value!r}")
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A file path, or the name of a shipped config (``debug``, ``glas``...)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = CONFIG_DIR / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    raise ConfigError(f"config file '{name_or_path}' not found (shipped configs: {known})")
+
+
+def load(path: str | Path | None = None, overrides: dict | list | None = None) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply overrides."""
+    cfg = Config()
+    if path is not None:
+        path = resolve_config_path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
+        try:
+            cfg = _build(Config, data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    return apply_overrides(cfg, overrides or {})
+
+
+def from_dict(data: dict) -> Config:
+    return validate(_build(Config, data))
+
+
+def save(cfg: Config, path: Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,111 @@
+"""Preprocessing cache: 2D images resized once into one HDF5 file per (dataset, size, sources).
+
+Built into a temporary file and renamed when complete, so a crash never leaves a file that
+looks finished; a truncated or corrupt file is detected on open and rebuilt.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..errors import DataError
+from .sources import Source
+
+FORMAT = 2
+
+
+def cache_dir(explicit: str = "") -> Path:
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get("DIFFSEG_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "diffseg"
+
+
+def cache_path(source: Source, size: int, directory: Path) -> Path:
+    return directory / f"{source.dataset}-{size}-{source.fingerprint()}-v{FORMAT}.h5"
+
+
+def is_valid(path: Path, n_items: int) -> bool:
+    try:
+        with h5py.File(path, "r") as fh:
+            return (fh.attrs.get("complete") == 1 and fh["images"].shape[0] == n_items
+                    and fh["masks"].shape[0] == n_items and fh["images"][-1] is not None)
+    except Exception:  # any failure to read means the file cannot be trusted
+        return False
+
+
+def resize(arr: np.ndarray, size: int, is_mask: bool) -> np.ndarray:
+    """Bilinear resize; masks are resized as floats and thresholded, which keeps thin shapes."""
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(np.array(arr, dtype=np.float32))
+    t = t[None, None] if is_mask else t.permute(2, 0, 1)[None]
+    out = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[0]
+    if is_mask:
+        return (out[0] > 0.5 * (255 if arr.max() > 1 else 1)).numpy().astype(np.uint8)
+    return out.round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+
+
+def build(source: Source, size: int, path: Path, progress: bool = True) -> None:
+    """Read, check and resize every item; raise on the first bad file before writing anything."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    n, c = len(source.items), source.channels
+    has_fov = any(it.fov is not None for it in source.items)
+    try:
+        with h5py.File(tmp, "w") as fh:
+            images = fh.create_dataset("images", (n, size, size, c), np.uint8, chunks=(1, size, size, c))
+            masks = fh.create_dataset("masks", (n, size, size), np.uint8, chunks=(1, size, size))
+            fovs = fh.create_dataset("fov", (n, size, size), np.uint8) if has_fov else None
+            shapes = np.zeros((n, 2), np.int32)
+            fg = np.zeros(n, np.float64)
+            total = np.zeros(c)
+            total_sq = np.zeros(c)
+            n_train = 0
+            for i, item in enumerate(source.items):
+                image, mask, fov = source.read(item)
+                shapes[i] = mask.shape
+                fg[i] = mask.mean()
+                images[i] = resize(image, size, False)
+                masks[i] = resize(mask, size, True)
+                if fovs is not None:
+                    fovs[i] = resize(fov, size, True) if fov is not None else 1
+                if item.split == "train":  # normalisation statistics never see the test split
+                    x = images[i].reshape(-1, c) / 255.0
+                    total += x.mean(0)
+                    total_sq += (x ** 2).mean(0)
+                    n_train += 1
+                if progress and (i + 1) % 25 == 0:
+                    print(f"  cached {i + 1}/{n} {source.dataset} images", file=sys.stderr, flush=True)
+            mean = total / max(n_train, 1)
+            std = np.sqrt(np.maximum(total_sq / max(n_train, 1) - mean ** 2, 1e-8))
+            fh.create_dataset("names", data=np.array([it.name for it in source.items], dtype="S"))
+            fh.create_dataset("splits", data=np.array([it.split for it in source.items], dtype="S"))
+            fh.create_dataset("orig_shape", data=shapes)
+            fh.create_dataset("foreground", data=fg)
+            fh.attrs.update(mean=mean, std=std, dataset=source.dataset, size=size, complete=1)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def ensure(source: Source, size: int, directory: str = "", progress: bool = True) -> Path:
+    """Path of a complete cache for ``source`` at ``size``, building or rebuilding it as needed."""
+    if source.dim != 2:
+        raise DataError(f"dataset '{source.dataset}' is {source.dim}D; the 2D cache does not apply")
+    path = cache_path(source, size, cache_dir(directory))
+    if path.exists() and is_valid(path, len(source.items)):
+        return path
+    if path.exists():
+        print(f"cache {path} is incomplete or corrupt: rebuilding", file=sys.stderr)
+        path.unlink()
+    if progress:
+        print(f"building cache {path} ({len(source.items)} images at {size}x{size})", file=sys.stderr)
+    build(source, size, path, progress)
+    return path

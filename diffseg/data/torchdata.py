@@ -1,0 +1,97 @@
+"""Torch datasets over the preprocessing cache, and the prepared data of one run."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from . import augment, cache, splits as splits_mod, sources
+
+
+class CachedImages(Dataset):
+    """Items of an HDF5 cache. The file is opened once per process (worker) and closed on close()."""
+
+    def __init__(self, path: Path, indices: list[int], mean, std, *, train: bool = False,
+                 jitter: float = 0.0, with_mask: bool = True):
+        self.path, self.indices = Path(path), list(indices)
+        self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+        self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
+        self.train, self.jitter, self.with_mask = train, jitter, with_mask
+        self._fh, self._pid = None, None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _file(self) -> h5py.File:
+        if self._fh is None or self._pid != os.getpid():  # a forked worker opens its own handle
+            self._fh, self._pid = h5py.File(self.path, "r"), os.getpid()
+        return self._fh
+
+    def close(self) -> None:
+        if self._fh is not None and self._pid == os.getpid():
+            self._fh.close()
+        self._fh = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __getstate__(self):  # never pickle an open handle into a worker
+        state = dict(self.__dict__)
+        state["_fh"], state["_pid"] = None, None
+        return state
+
+    def __getitem__(self, i: int) -> dict:
+        fh, idx = self._file(), self.indices[i]
+        image = torch.from_numpy(fh["images"][idx]).permute(2, 0, 1).float() / 255.0
+        image = (image - self.mean) / self.std
+        mask = torch.from_numpy(fh["masks"][idx].astype(np.int64))
+        fov = torch.from_numpy(fh["fov"][idx].astype(np.int64)) if "fov" in fh else torch.ones_like(mask)
+        if self.train:
+            image, mask, fov = augment.geometric(image, mask, fov)
+            image = augment.intensity(image, self.jitter)
+        out = {"image": image, "index": idx}
+        if self.with_mask:
+            out.update(mask=mask, fov=fov)
+        return out
+
+
+@dataclass
+class PreparedData:
+    source: sources.Source
+    cache_path: Path
+    splits: splits_mod.Splits
+    index: dict[str, int]  # name -> row in the cache
+    mean: np.ndarray
+    std: np.ndarray
+
+    def dataset(self, part: str | list[str], *, train: bool = False, jitter: float = 0.0,
+                with_mask: bool = True) -> CachedImages:
+        """A split by name ('labeled', 'val'...) or an explicit list of image names."""
+        names = getattr(self.splits, part) if isinstance(part, str) else part
+        return CachedImages(self.cache_path, [self.index[n] for n in names], self.mean, self.std,
+                            train=train, jitter=jitter, with_mask=with_mask)
+
+
+def prepare(data_cfg, seed_splits: splits_mod.Splits | None = None, progress: bool = True) -> PreparedData:
+    """List, check and cache the dataset and make the splits; all errors surface here."""
+    source = sources.open_source(data_cfg)
+    path = cache.ensure(source, data_cfg.size, data_cfg.cache_dir, progress)
+    splits = seed_splits or make_run_splits(source, data_cfg)
+    with h5py.File(path, "r") as fh:
+        names = [n.decode() for n in fh["names"][()]]
+        mean, std = np.asarray(fh.attrs["mean"]), np.asarray(fh.attrs["std"])
+    return PreparedData(source, path, splits, {n: i for i, n in enumerate(names)}, mean, std)
+
+
+def make_run_splits(source: sources.Source, data_cfg) -> splits_mod.Splits:
+    return splits_mod.make_splits(source.names("train"), source.names("test"),
+                                  val_ratio=data_cfg.val_ratio, labeled_ratio=data_cfg.labeled_ratio,
+                                  labeled_count=data_cfg.labeled_count, seed=data_cfg.split_seed)

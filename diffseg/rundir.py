@@ -1,0 +1,106 @@
+"""The self-describing run directory: config, environment, splits, metrics, events, checkpoints."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+import uuid
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from . import config as config_mod
+from .errors import ConfigError
+
+PACKAGES = ("torch", "torchvision", "numpy", "h5py", "timm", "tensorboardX", "ray", "optuna")
+
+
+def git_commit() -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment(device: torch.device) -> dict:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    info = {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions,
+            "git_commit": git_commit(), "device": str(device), "cpu_count": os.cpu_count(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save to a temporary name, then rename: a kill never leaves half a checkpoint."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _clean(value):
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    return value
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.checkpoints = self.path / "checkpoints"
+        self.last = self.checkpoints / "last.pt"
+        self.best = self.checkpoints / "best.pt"
+
+    def create(self, cfg, device: torch.device) -> bool:
+        """Make the folder; returns True when an earlier run of the same config is to be resumed."""
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        saved = self.path / "config.yaml"
+        if saved.exists():
+            old = config_mod.load(saved)
+            if config_mod.to_dict(old) != config_mod.to_dict(cfg):
+                diff = {k: (v, config_mod.to_flat(cfg)[k]) for k, v in config_mod.to_flat(old).items()
+                        if config_mod.to_flat(cfg)[k] != v}
+                raise ConfigError(f"run directory {self.path} holds a run of another config "
+                                  f"(differs in {diff}); choose a new --run-dir")
+        else:
+            config_mod.save(cfg, saved)
+        (self.path / "environment.json").write_text(json.dumps(environment(device), indent=1))
+        return self.last.exists()
+
+    def log(self, record: dict) -> None:
+        with open(self.path / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+
+    def records(self) -> list[dict]:
+        path = self.path / "metrics.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def truncate_log(self, stage: str, epoch: int) -> None:
+        """On resume drop records the checkpoint does not cover (written after it by a killed run)."""
+        order = {"pretrain": 0, "train": 1, "final": 2}
+        keep = [r for r in self.records()
+                if (order.get(r.get("stage"), 3), r.get("epoch", 0)) < (order[stage], epoch)]
+        (self.path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keep))
+
+    def write_json(self, name: str, data: dict) -> None:
+        (self.path / name).write_text(json.dumps({k: _clean(v) for k, v in data.items()}, indent=1,
+                                                 default=str))
+
+    def writer(self):
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter(str(self.path / "tb"))

@@ -1,0 +1,96 @@
+"""The seam between the core and whatever runs it (in-process now, Ray Train workers later).
+
+Everything that differs between a laptop run and a distributed worker comes in through this one
+object: the device, rank and world size, data sharding, gradient averaging and reporting.
+Gradients are averaged explicitly instead of wrapping models in DistributedDataParallel because
+the teacher's two pathways are used in different combinations and several times per step,
+which DDP's module wrapper handles poorly (unused parameters, repeated forwards).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device = torch.device("cpu")
+    rank: int = 0
+    world_size: int = 1
+    amp: bool = True
+    report: Callable[[dict, Path | None], None] = field(default=lambda metrics, checkpoint: None)
+    num_workers: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1 and dist.is_available() and dist.is_initialized()
+
+    # -- mixed precision: bf16 where supported, never on CPU
+    def autocast(self):
+        if self.amp and self.device.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.autocast("cuda", dtype=dtype)
+        return contextlib.nullcontext()
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        model = model.to(self.device)
+        if self.device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        self.broadcast_state(model)
+        return model
+
+    def loader(self, dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int, epoch: int,
+               drop_last: bool = False) -> DataLoader:
+        """Each rank gets its shard; the order depends only on (seed, epoch), so resumes repeat it."""
+        sampler = DistributedSampler(dataset, num_replicas=self.world_size, rank=self.rank,
+                                     shuffle=shuffle, seed=seed, drop_last=drop_last)
+        sampler.set_epoch(epoch)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
+                          drop_last=drop_last, pin_memory=self.device.type == "cuda",
+                          persistent_workers=False)
+
+    # -- collective operations; no-ops in a single process
+    def sync_gradients(self, *modules: nn.Module) -> None:
+        if not self.distributed:
+            return
+        for module in modules:
+            for p in module.parameters():
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)  # every rank must join every all_reduce
+                dist.all_reduce(p.grad)
+                p.grad /= self.world_size
+
+    def broadcast_state(self, module: nn.Module) -> None:
+        """Rank 0's parameters and buffers (BatchNorm statistics) to every rank."""
+        if not self.distributed:
+            return
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(tensor.data, 0)
+
+    def mean(self, value: float) -> float:
+        if not self.distributed:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return float(t) / self.world_size
+
+
+def local(device: str = "auto", amp: bool = True, num_workers: int = 0) -> Runtime:
+    return Runtime(device=pick_device(device), amp=amp, num_workers=num_workers)

@@ -1,0 +1,36 @@
+"""Shared fixtures: real data from ../shared/data, a per-session cache, small configs."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from diffseg import config
+from diffseg.data.sources import data_root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory):
+    os.environ["DIFFSEG_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real datasets. In CI they are always there, so a missing folder fails, never skips."""
+    root = data_root()
+    if not (root / "glas").is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"real data missing at {root} in CI (set DIFFSEG_DATA)")
+        pytest.skip(f"real data not found at {root}")
+    return root
+
+
+@pytest.fixture
+def tiny_cfg():
+    """Fast enough for unit tests: 32x32 synthetic images, width 4."""
+    return config.load("debug", {"data.size": 32, "data.synthetic_count": 16, "model.width": 4,
+                                 "model.depth": 2, "pretrain.epochs": 1, "train.epochs": 2,
+                                 "train.iters_per_epoch": 2, "pretrain.iters_per_epoch": 2,
+                                 "train.batch_size": 4, "pretrain.batch_size": 4, "diffusion.steps": 50})
