@@ -33,4 +33,5 @@ def tiny_cfg():
     return config.load("debug", {"data.size": 32, "data.synthetic_count": 16, "model.width": 4,
                                  "model.depth": 2, "pretrain.epochs": 1, "train.epochs": 2,
                                  "train.iters_per_epoch": 2, "pretrain.iters_per_epoch": 2,
-                                 "train.batch_size": 4, "pretrain.batch_size": 4, "diffusion.steps": 50})
+                                 "train.batch_size": 4, "pretrain.batch_size": 4, "diffusion.steps": 50,
+                                 "diffusion.start_t": -1, "rounds": 2})

@@ -71,7 +71,7 @@ def test_timm_student_and_local_weights(tiny_cfg, tmp_path):
     torch.save({k: torch.full_like(v, 0.5) if v.is_floating_point() else v
                 for k, v in student.encoder.state_dict().items()}, weights)
     loaded = build_student(config.apply_overrides(cfg, {"model.timm_weights": str(weights)}), 3)
-    assert float(next(loaded.encoder.parameters()).flatten()[0]) == 0.5
+    assert float(next(loaded.encoder.parameters()).detach().flatten()[0]) == 0.5
     with pytest.raises(ConfigError, match="timm_weights file not found"):
         build_student(config.apply_overrides(cfg, {"model.timm_weights": str(tmp_path / "nope.pt")}), 3)
     with pytest.raises(ConfigError, match="timm_encoder"):

