@@ -98,7 +98,8 @@ def build(source: Source, size: int, path: Path, progress: bool = True) -> None:
 def ensure(source: Source, size: int, directory: str = "", progress: bool = True) -> Path:
     """Path of a complete cache for ``source`` at ``size``, building or rebuilding it as needed."""
     if source.dim != 2:
-        raise DataError(f"dataset '{source.dataset}' is {source.dim}D; the 2D cache does not apply")
+        raise DataError(f"dataset '{source.dataset}' is {source.dim}D: training on 3D volumes needs the 3D "
+                        f"networks, not built yet ('diffseg data info {source.dataset}' lists it)")
     path = cache_path(source, size, cache_dir(directory))
     if path.exists() and is_valid(path, len(source.items)):
         return path
