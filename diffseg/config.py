@@ -147,8 +147,7 @@ def _build(cls, data: dict, prefix: str = ""):
             kwargs[key] = _build(typ, value, dotted + ".")
         else:
             kwargs[key] = _coerce(dotted, value, typ)
-    cfg = cls(**kwargs)
-    return cfg
+    return cls(**kwargs)
 
 
 def validate(cfg: Config) -> Config:

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import math
+import os
 import random
-import sys
 import time
 from pathlib import Path
 
@@ -264,11 +264,5 @@ def train(cfg, run_dir, runtime: Runtime | None = None, pretrained: Path | None 
 
 def default_run_dir(cfg) -> Path:
     """runs/<name>-<time>-<pid>: unique without counting folders (no race between runs)."""
-    import os
-
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{cfg.name}-{cfg.data.dataset}-{stamp}-{os.getpid()}"
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("use the diffseg command")

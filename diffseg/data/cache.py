@@ -34,7 +34,7 @@ def is_valid(path: Path, n_items: int) -> bool:
     try:
         with h5py.File(path, "r") as fh:
             return (fh.attrs.get("complete") == 1 and fh["images"].shape[0] == n_items
-                    and fh["masks"].shape[0] == n_items and fh["images"][-1] is not None)
+                    and fh["masks"].shape[0] == n_items and fh["images"][-1].size > 0)  # reads the last chunk
     except Exception:  # any failure to read means the file cannot be trusted
         return False
 
