@@ -42,6 +42,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def pseudo_label_cost(cfg) -> int:
+    """Network evaluations per unlabeled image to make its pseudo-labels in stage 2: the first
+    mask and one per round (each ``sample_steps`` mask-pathway passes) plus one image-pathway
+    pass per round. A second objective for studies that weigh Dice against cost."""
+    return (1 + cfg.rounds) * cfg.diffusion.sample_steps + cfg.rounds
+
+
 def iterations(n_images: int, batch: int, world: int, override: int) -> int:
     return override if override > 0 else max(1, math.ceil(n_images / (batch * world)))
 
@@ -50,8 +57,11 @@ class Trainer:
     """Holds the pieces of one run; ``fit`` walks the stages from wherever the checkpoint left off."""
 
     def __init__(self, cfg, run_dir, runtime: Runtime | None = None, pretrained: Path | None = None,
-                 log=None):
+                 log=None, on_pretrained=None):
         self.cfg = cfg
+        # called on the main rank with the path of teacher_pretrained.pt once stage 1 ends
+        # (studies share that teacher between trials)
+        self.on_pretrained = on_pretrained
         self.rt = runtime or local(cfg.device, cfg.amp, cfg.data.num_workers)
         self.log = log or (lambda msg: print(msg, flush=True))
         self.rd = RunDir(run_dir)
@@ -141,10 +151,12 @@ class Trainer:
             self.log(f"[pretrain {e + 1}/{cfg.epochs}] rec {logs['loss_rec']:.4f} lr {lr:.2e} "
                      f"({time.time() - t0:.1f}s)")
             self.save()
+        self.stage, self.epoch = "train", 0
         if self.rt.is_main:
             atomic_save(self.teacher.state_dict(), self.rd.path / "teacher_pretrained.pt")
-        self.stage, self.epoch = "train", 0
-        self.save()
+            self.save()
+            if self.on_pretrained is not None:
+                self.on_pretrained(self.rd.path / "teacher_pretrained.pt")
 
     def cotrain(self) -> None:
         cfg, splits = self.cfg.train, self.data.splits
@@ -174,7 +186,9 @@ class Trainer:
                      f"(best {self.best['val_dice']:.3f} {self.best['model']}@{self.best['epoch'] + 1}) "
                      f"({time.time() - t0:.1f}s)")
             self.save()
-            self.rt.report(metrics | {"epoch": e + 1, "val_dice": self.best["val_dice"],
+            self.rt.report(metrics | {"epoch": e + 1, "epoch_s": time.time() - t0,
+                                      "pl_cost": pseudo_label_cost(self.cfg),
+                                      "val_dice": self.best["val_dice"],
                                       "val_dice_last": max(val["val_dice_teacher"], val["val_dice_student"])},
                            self.rd.checkpoints)
         self.stage = "done"
@@ -258,8 +272,9 @@ def load_best(run_dir: Path, device: torch.device) -> dict:
     return state | {"net": net, "cfg": cfg}
 
 
-def train(cfg, run_dir, runtime: Runtime | None = None, pretrained: Path | None = None, log=None) -> dict:
-    return Trainer(cfg, run_dir, runtime, pretrained, log).fit()
+def train(cfg, run_dir, runtime: Runtime | None = None, pretrained: Path | None = None, log=None,
+          on_pretrained=None) -> dict:
+    return Trainer(cfg, run_dir, runtime, pretrained, log, on_pretrained).fit()
 
 
 def default_run_dir(cfg) -> Path:

@@ -1,0 +1,57 @@
+"""`python -m tune`: search, resume, report. Thin wrappers over driver and report."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from diffseg.errors import DiffsegError
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tune", description="Hyperparameter studies with Ray Tune and Optuna")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("search", help="start a new study from a study file")
+    s.add_argument("study", help="study YAML file, or the name of a shipped study (smoke, glas, ph2, drive, hmeps)")
+    s.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="dotted overrides of the base config, e.g. --set train.epochs=20")
+    s.add_argument("--name", help="study name (default: the study file's name); never reused")
+    _where(s)
+    r = sub.add_parser("resume", help="continue an interrupted study; finished trials are kept")
+    r.add_argument("name")
+    _where(r)
+    rep = sub.add_parser("report", help="write trials.csv, best.yaml, report.md and plots (no Ray needed)")
+    rep.add_argument("name")
+    rep.add_argument("--storage", help="folder holding the studies (default: studies)")
+    return p
+
+
+def _where(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", help="folder holding the studies (default: studies)")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "report":
+            from .driver import study_dir_for
+            from .report import write
+
+            study_dir = study_dir_for(args.name, args.storage)
+            if not (study_dir / "study.yaml").exists():
+                raise DiffsegError(f"no study '{args.name}' at {study_dir} (missing study.yaml)")
+            print(f"report: {write(study_dir)}")
+            print((study_dir / "trials.csv").read_text(), end="")
+            return 0
+        from . import driver
+
+        if args.command == "search":
+            driver.search(args.study, args.overrides, args.name, args.storage, args.address)
+        else:
+            driver.resume(args.name, args.storage, args.address)
+        return 0
+    except DiffsegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

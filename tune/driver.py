@@ -1,0 +1,155 @@
+"""The study driver: builds the Tuner (searcher, scheduler, trainable), starts or resumes it.
+
+Experiment directory ``<storage>/<name>/``:
+  study.yaml           the resolved study (base config with every key, space, settings)
+  optuna.journal       Optuna's JournalStorage (opens in optuna-dashboard)
+  tune/                Tune's restorable state and per-trial results and TensorBoard events
+  train/               Ray Train's runs, one per trial, with the last reported checkpoint
+  trials/<trial id>/   the diffseg run folder of each trial (config, metrics, tb, checkpoints)
+  pretrained/          stage-1 teachers shared between trials, by stage-1 key
+  trials.csv, best.yaml, report.md, plots/   written by the report
+"""
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import optuna
+import ray
+import ray.tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+from diffseg.config import ConfigError
+from diffseg.data import prepare
+
+from . import report
+from .progress import Progress
+from .searcher import StudySearch
+from .study import Study, load_study, study_from_yaml, suggest
+from .trial import run_trial
+
+DEFAULT_STORAGE = "studies"
+JOURNAL = "optuna.journal"
+
+
+def study_dir_for(name: str, storage: str | None) -> Path:
+    if storage and "://" in storage:
+        raise ConfigError(f"--storage {storage!r}: a URI needs the cluster support of a later issue; "
+                          f"give a folder every node can read (a local path or an NFS mount)")
+    return (Path(storage or DEFAULT_STORAGE) / name).resolve()
+
+
+def journal(study_dir: Path) -> optuna.storages.JournalStorage:
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str(study_dir / JOURNAL)))
+
+
+def search(study_file: str, overrides: list[str] | None = None, name: str | None = None,
+           storage: str | None = None, address: str | None = None) -> Path:
+    """Check everything, make the experiment directory, run the study, write its report."""
+    study = load_study(study_file, overrides)
+    if name:
+        study = Study(**{**study.__dict__, "name": name})
+    study_dir = study_dir_for(study.name, storage)
+    if study_dir.exists() and any(study_dir.iterdir()):
+        raise ConfigError(f"study '{study.name}' already exists at {study_dir}; continue it with "
+                          f"`python -m tune resume {study.name}` or choose another --name")
+    say(f"study {study.name}: {study.trials} trials of {len(study.space)} parameters "
+        f"({', '.join(p.key for p in study.space)}), {study.searcher} search, scheduler {study.scheduler}")
+    say("checking the data (and building its cache once, before any trial starts)")
+    prepare(study.base_config().data, progress=True)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    (study_dir / "study.yaml").write_text(study.to_yaml())
+    _connect(address, study)
+    tuner = ray.tune.Tuner(trainable(study, study_dir), tune_config=tune_config(study, study_dir),
+                           run_config=run_config(study, study_dir))
+    return _fit(tuner, study, study_dir)
+
+
+def resume(name: str, storage: str | None = None, address: str | None = None) -> Path:
+    study_dir = study_dir_for(name, storage)
+    if not (study_dir / "study.yaml").exists():
+        raise ConfigError(f"no study '{name}' at {study_dir} (missing study.yaml)")
+    study = study_from_yaml((study_dir / "study.yaml").read_text())
+    if not ray.tune.Tuner.can_restore(str(study_dir / "tune")):
+        raise ConfigError(f"study '{name}' at {study_dir} has no restorable Tune state "
+                          f"(tune/tuner.pkl missing): it never started a trial")
+    _connect(address, study)
+    say(f"resuming study {name} from {study_dir}: unfinished and errored trials continue, "
+        f"finished ones are kept")
+    tuner = ray.tune.Tuner.restore(str(study_dir / "tune"), trainable=trainable(study, study_dir),
+                                   resume_unfinished=True, resume_errored=True)
+    return _fit(tuner, study, study_dir)
+
+
+def _fit(tuner, study: Study, study_dir: Path) -> Path:
+    try:
+        tuner.fit()
+    except KeyboardInterrupt:
+        say(f"interrupted; continue with `python -m tune resume {study.name}`")
+        raise
+    out = report.write(study_dir)
+    say(f"report: {out}")
+    return study_dir
+
+
+def trainable(study: Study, study_dir: Path):
+    # the trial function only waits on its TorchTrainer, so it asks for no CPU (the workers get
+    # every core; max_concurrent_trials bounds how many run at once). Ray wants a non-empty
+    # request: a little logical memory, roughly what that waiting process holds.
+    fn = ray.tune.with_parameters(run_trial, study=study, study_dir=str(study_dir))
+    return ray.tune.with_resources(fn, {"CPU": 0, "memory": 256 * 2**20})
+
+
+def searcher(study: Study, study_dir: Path) -> StudySearch:
+    multi = bool(study.second_metric)
+    sampler = (optuna.samplers.RandomSampler(seed=study.seed) if study.searcher == "random"
+               else optuna.samplers.TPESampler(seed=study.seed))
+    return StudySearch(space=functools.partial(suggest, space=study.space),
+                       metric=study.metrics if multi else study.metric,
+                       mode=study.modes if multi else study.mode,
+                       sampler=sampler, study_name=study.name, storage=journal(study_dir),
+                       max_epochs=study.max_epochs)
+
+
+def tune_config(study: Study, study_dir: Path) -> ray.tune.TuneConfig:
+    if study.scheduler == "asha":
+        # epochs, not Tune's iteration count: that restarts when a trial resumes
+        scheduler = ASHAScheduler(time_attr="epoch", metric=study.metric, mode=study.mode,
+                                  max_t=study.max_epochs, grace_period=study.grace_period,
+                                  reduction_factor=study.reduction_factor)
+    else:
+        scheduler = FIFOScheduler()
+    return ray.tune.TuneConfig(search_alg=searcher(study, study_dir), scheduler=scheduler,
+                               num_samples=study.trials, max_concurrent_trials=study.concurrency,
+                               trial_name_creator=lambda t: t.trial_id,
+                               trial_dirname_creator=lambda t: t.trial_id)
+
+
+def run_config(study: Study, study_dir: Path) -> ray.tune.RunConfig:
+    progress = Progress(study.name, study.metric, study.mode, study.max_epochs, study.trials)
+    # worker failures are retried inside each TorchTrainer (study.max_failures), not again here
+    return ray.tune.RunConfig(name="tune", storage_path=str(study_dir), callbacks=[progress], verbose=0,
+                              failure_config=ray.tune.FailureConfig(max_failures=0))
+
+
+def _connect(address: str | None, study: Study) -> None:
+    # Tune saves its state every few seconds, so a killed driver loses little
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    if not ray.is_initialized():
+        # inside `ray job submit` RAY_ADDRESS is set and plain ray.init() joins that cluster
+        ray.init(address=address) if address else ray.init()
+    need_cpu = study.workers * study.cpus_per_worker
+    have = ray.cluster_resources()
+    if need_cpu > have.get("CPU", 0) or study.workers * study.gpus_per_worker > have.get("GPU", 0):
+        raise ConfigError(f"one trial needs {need_cpu:g} CPUs and {study.workers * study.gpus_per_worker:g} "
+                          f"GPUs (resources in the study), but the cluster has {have.get('CPU', 0):g} CPUs "
+                          f"and {have.get('GPU', 0):g} GPUs")
+    say(f"ray cluster: {have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs; up to {study.concurrency} "
+        f"trials at once, each {study.workers} worker(s)")
+
+
+def say(msg: str) -> None:
+    print(f"[tune] {msg}", flush=True)

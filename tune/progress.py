@@ -1,0 +1,47 @@
+"""Progress lines printed by the study driver: one per trial event and per epoch."""
+from __future__ import annotations
+
+import time
+
+from ray.tune import Callback
+
+
+class Progress(Callback):
+    def __init__(self, study_name: str, metric: str, mode: str, max_epochs: int, total: int):
+        self.name, self.metric, self.mode = study_name, metric, mode
+        self.max_epochs, self.total = max_epochs, total
+        self.best: tuple[float, str] | None = None
+        self.done = 0
+        self.t0 = time.time()
+
+    def say(self, msg: str) -> None:
+        print(f"[{self.name} {time.time() - self.t0:6.0f}s] {msg}", flush=True)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        params = ", ".join(f"{k}={_short(v)}" for k, v in trial.config.items())
+        self.say(f"trial {trial.trial_id} started: {params}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        value = result.get(self.metric)
+        if value is None:
+            return
+        better = self.best is None or (value > self.best[0] if self.mode == "max" else value < self.best[0])
+        if better:
+            self.best = (value, trial.trial_id)
+        self.say(f"trial {trial.trial_id} epoch {result.get('epoch')}/{self.max_epochs} "
+                 f"{self.metric} {value:.4f} (study best {self.best[0]:.4f}, trial {self.best[1]})")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.done += 1
+        epoch = (trial.last_result or {}).get("epoch", 0)
+        how = "finished" if epoch >= self.max_epochs else f"stopped early by ASHA after epoch {epoch}"
+        self.say(f"trial {trial.trial_id} {how} ({self.done}/{self.total} trials ended)")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.done += 1
+        self.say(f"trial {trial.trial_id} FAILED; its error is in {trial.local_path}/error.txt "
+                 f"({self.done}/{self.total} trials ended)")
+
+
+def _short(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,288 @@
+"""The study report, from files alone (no Ray): trials.csv, best.yaml, report.md and plots.
+
+Sources: the Optuna journal (trial states and parameters), Tune's per-trial ``result.json``
+(the metrics it saw), and each trial's diffseg run folder (epochs, test scores, stage 1).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import yaml
+
+from .study import Study, study_from_yaml
+
+
+def write(study_dir: str | Path) -> Path:
+    study_dir = Path(study_dir)
+    study = study_from_yaml((study_dir / "study.yaml").read_text())
+    rows = collect(study, study_dir)
+    write_csv(study, rows, study_dir / "trials.csv")
+    best = best_row(study, rows)
+    if best is not None:
+        write_best(study, best, study_dir)
+    plots = make_plots(study, rows, study_dir)
+    (study_dir / "report.md").write_text(markdown(study, rows, best, plots, study_dir))
+    return study_dir / "report.md"
+
+
+# ---------------------------------------------------------------------- gathering
+def optuna_trials(study: Study, study_dir: Path) -> dict[str, object]:
+    import optuna
+
+    from .driver import journal
+
+    if not (study_dir / "optuna.journal").exists():
+        return {}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    ot = optuna.load_study(study_name=study.name, storage=journal(study_dir))
+    return {t.user_attrs["tune_trial_id"]: t for t in ot.get_trials(deepcopy=False)
+            if "tune_trial_id" in t.user_attrs}
+
+
+def tune_results(study_dir: Path, trial_id: str) -> list[dict]:
+    path = study_dir / "tune" / trial_id / "result.json"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def collect(study: Study, study_dir: Path) -> list[dict]:
+    ot = optuna_trials(study, study_dir)
+    starts: dict[str, int] = {}
+    if (study_dir / "trial_starts.jsonl").exists():
+        for line in (study_dir / "trial_starts.jsonl").read_text().splitlines():
+            tid = json.loads(line)["trial_id"]
+            starts[tid] = starts.get(tid, 0) + 1
+    ids = sorted(set(ot) | {p.name for p in (study_dir / "trials").glob("*") if p.is_dir()},
+                 key=lambda t: (getattr(ot.get(t), "number", 1e9), t))
+    rows = []
+    for tid in ids:
+        run = study_dir / "trials" / tid
+        results = tune_results(study_dir, tid)
+        last = results[-1] if results else {}
+        epochs = [r for r in _records(run) if r.get("stage") == "train"]
+        summary, stage1 = read_json(run / "summary.json"), read_json(run / "stage1.json")
+        trial = ot.get(tid)
+        params = dict(trial.params) if trial is not None else read_json(run / "params.json")
+        rows.append({
+            "trial_id": tid, "number": getattr(trial, "number", ""),
+            "state": trial.state.name if trial is not None else "UNKNOWN",
+            "params": params, "metrics": {m: last.get(m) for m in study.metrics},
+            "test_dice": (summary.get("test") or {}).get("dice"),
+            # the epochs Tune saw: a trial stopped by ASHA may finish one more before it is killed
+            "epochs": int(last.get("epoch", len(epochs))), "wall_s": round(last.get("time_total_s", 0.0), 1),
+            "stage1": "" if not stage1 else ("reused" if stage1["reused"] else "ran"),
+            "attempts": starts.get(tid, 0),
+            "curve": [max(r.get("val_dice_teacher", 0), r.get("val_dice_student", 0)) for r in epochs],
+            "config": run / "config.yaml",
+        })
+    return rows
+
+
+def _records(run: Path) -> list[dict]:
+    path = run / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def best_row(study: Study, rows: list[dict]) -> dict | None:
+    done = [r for r in rows if r["state"] == "COMPLETE" and _num(r["metrics"][study.metric])]
+    if not done:
+        return None
+    pick = max if study.mode == "max" else min
+    return pick(done, key=lambda r: r["metrics"][study.metric])
+
+
+def _num(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+# ---------------------------------------------------------------------- writing
+def write_csv(study: Study, rows: list[dict], path: Path) -> None:
+    keys = [p.key for p in study.space]
+    head = ["trial_id", "number", "state"] + keys + study.metrics + ["test_dice", "epochs", "wall_s",
+                                                                      "stage1", "attempts"]
+    with open(path, "w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(head)
+        for r in rows:
+            out.writerow([r["trial_id"], r["number"], r["state"]] + [r["params"].get(k, "") for k in keys]
+                         + [r["metrics"].get(m) for m in study.metrics]
+                         + [r["test_dice"], r["epochs"], r["wall_s"], r["stage1"], r["attempts"]])
+
+
+def write_best(study: Study, best: dict, study_dir: Path) -> None:
+    cfg = yaml.safe_load(best["config"].read_text())
+    cfg["name"] = f"{study.name}-best"
+    value = best["metrics"][study.metric]
+    head = (f"# Best trial {best['trial_id']} of study {study.name}: {study.metric} = {value:.4f}\n"
+            f"# Searched: {json.dumps(best['params'])}\n"
+            f"# Run it: python -m diffseg train --config {study_dir / 'best.yaml'}\n")
+    (study_dir / "best.yaml").write_text(head + yaml.safe_dump(cfg, sort_keys=False))
+
+
+def markdown(study: Study, rows: list[dict], best: dict | None, plots: dict, study_dir: Path) -> str:
+    counts = {}
+    for r in rows:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    ran = sum(r["stage1"] == "ran" for r in rows)
+    reused = sum(r["stage1"] == "reused" for r in rows)
+    lines = [f"# Study {study.name}", "",
+             f"- study file: `{study.source}`; base config `{study.base}`; {study.searcher} search (seed "
+             f"{study.seed}), scheduler {study.scheduler}; objective {study.metric} ({study.mode})"
+             + (f", second objective {study.second_metric} ({study.second_mode})" if study.second_metric else ""),
+             f"- trials: {len(rows)} of {study.trials} asked; "
+             + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())),
+             f"- stage-1 pretrainings: {ran} run, {reused} reused from the study's shared teachers", ""]
+    if best is not None:
+        lines += [f"**Best trial** {best['trial_id']}: {study.metric} {best['metrics'][study.metric]:.4f}"
+                  + (f", test Dice {best['test_dice']:.4f}" if _num(best["test_dice"]) else "")
+                  + f"; parameters `{json.dumps(best['params'])}`. Ready-to-run config: `best.yaml`.", ""]
+    else:
+        lines += ["No trial has completed yet, so there is no best.yaml.", ""]
+    lines += _table(study, rows) + [""]
+    if study.second_metric:
+        lines += _pareto(study, rows) + [""]
+    for title, name in (("Validation Dice per trial over epochs", "curves"),
+                        ("Parameter importance", "importance"), ("Parallel coordinates", "parallel")):
+        lines.append(f"## {title}")
+        lines.append(f"![{name}]({plots[name]})" if name in plots and plots[name].endswith(".png")
+                     else f"_{plots.get(name, 'not drawn')}_")
+        lines.append("")
+    lines += ["## Look further",
+              f"- TensorBoard (every trial's curves): `tensorboard --logdir {study_dir}`",
+              f"- Optuna dashboard: `optuna-dashboard {study_dir / 'optuna.journal'}`",
+              f"- one trial's run folder: `{study_dir / 'trials'}/<trial id>/` (summary.json, metrics.jsonl)"]
+    return "\n".join(lines) + "\n"
+
+
+def _table(study: Study, rows: list[dict]) -> list[str]:
+    keys = [p.key for p in study.space]
+    head = ["trial", "state"] + keys + study.metrics + ["test Dice", "epochs", "wall s", "stage 1"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["trial_id"], r["state"].lower()] + [_fmt(r["params"].get(k, "-")) for k in keys]
+        cells += [_fmt(r["metrics"].get(m)) for m in study.metrics]
+        cells += [_fmt(r["test_dice"]), str(r["epochs"]), _fmt(r["wall_s"]), r["stage1"] or "-"]
+        out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
+def _pareto(study: Study, rows: list[dict]) -> list[str]:
+    done = [r for r in rows if r["state"] == "COMPLETE" and all(_num(r["metrics"][m]) for m in study.metrics)]
+    sign = [1 if m == "max" else -1 for m in study.modes]
+
+    def dominated(a, b):  # b dominates a
+        va = [s * a["metrics"][m] for s, m in zip(sign, study.metrics)]
+        vb = [s * b["metrics"][m] for s, m in zip(sign, study.metrics)]
+        return all(y >= x for x, y in zip(va, vb)) and any(y > x for x, y in zip(va, vb))
+
+    front = [r for r in done if not any(dominated(r, o) for o in done if o is not r)]
+    return ["## Pareto front", ""] + [f"- {r['trial_id']}: " + ", ".join(
+        f"{m} {_fmt(r['metrics'][m])}" for m in study.metrics) for r in front]
+
+
+def _fmt(value) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+# ---------------------------------------------------------------------- plots
+def make_plots(study: Study, rows: list[dict], study_dir: Path) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    folder = study_dir / "plots"
+    folder.mkdir(exist_ok=True)
+    return {"curves": _curves(rows, folder), "importance": _importance(study, study_dir, folder),
+            "parallel": _parallel(study, rows, folder)}
+
+
+def _curves(rows: list[dict], folder: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in rows:
+        if r["curve"]:
+            style = "--" if r["state"] == "PRUNED" else "-"
+            ax.plot(range(1, len(r["curve"]) + 1), r["curve"], style, marker="o", label=r["trial_id"])
+    ax.set_xlabel("epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_ylabel("validation Dice (better of teacher, student)")
+    ax.set_title("dashed: stopped early (pruned)")
+    if any(r["curve"] for r in rows):
+        ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(folder / "val_dice_curves.png", dpi=100)
+    plt.close(fig)
+    return "plots/val_dice_curves.png"
+
+
+def _importance(study: Study, study_dir: Path, folder: Path) -> str:
+    import matplotlib.pyplot as plt
+    import optuna
+
+    from .driver import journal
+
+    try:
+        ot = optuna.load_study(study_name=study.name, storage=journal(study_dir))
+        target = (lambda t: t.values[0]) if study.second_metric else None
+        scores = optuna.importance.get_param_importances(ot, target=target)
+    except Exception as exc:  # too few complete trials, or no parameter varied
+        return f"parameter importance not available: {exc}"
+    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.4 * len(scores)))
+    ax.barh(list(scores)[::-1], list(scores.values())[::-1])
+    ax.set_xlabel(f"importance for {study.metric} (fANOVA, complete trials)")
+    fig.tight_layout()
+    fig.savefig(folder / "param_importance.png", dpi=100)
+    plt.close(fig)
+    return "plots/param_importance.png"
+
+
+def _parallel(study: Study, rows: list[dict], folder: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    keys = [p.key for p in study.space]
+    scored = [r for r in rows if _num(r["metrics"].get(study.metric))]
+    if not scored:
+        return "parallel coordinates not available: no trial has reported yet"
+    axes = keys + [study.metric]
+    fig, ax = plt.subplots(figsize=(1.6 * len(axes) + 1, 4))
+    values = [r["metrics"][study.metric] for r in scored]
+    lo, hi = min(values), max(values)
+    cmap = plt.get_cmap("viridis")
+    for r in scored:
+        ys = [_position(study, k, r["params"].get(k), scored) for k in keys]
+        ys.append((r["metrics"][study.metric] - lo) / (hi - lo) if hi > lo else 0.5)
+        ax.plot(range(len(axes)), ys, color=cmap(ys[-1]), alpha=0.8,
+                linestyle="--" if r["state"] == "PRUNED" else "-")
+    ax.set_xticks(range(len(axes)), axes, rotation=20, fontsize=7)
+    ax.set_yticks([])
+    ax.set_title(f"each line a trial, colour = {study.metric} ({lo:.3f} to {hi:.3f}); dashed: pruned",
+                 fontsize=8)
+    fig.tight_layout()
+    fig.savefig(folder / "parallel_coordinates.png", dpi=100)
+    plt.close(fig)
+    return "plots/parallel_coordinates.png"
+
+
+def _position(study: Study, key: str, value, rows: list[dict]) -> float:
+    """Where ``value`` sits on its axis, 0..1; -0.1 marks an inactive conditional parameter."""
+    if value is None:
+        return -0.1
+    param = next(p for p in study.space if p.key == key)
+    if param.kind == "choice":
+        return param.choices.index(value) / max(1, len(param.choices) - 1) if value in param.choices else 0.5
+    lo, hi = float(param.low), float(param.high)
+    if param.log:
+        return (math.log(value) - math.log(lo)) / (math.log(hi) - math.log(lo))
+    return (value - lo) / (hi - lo)

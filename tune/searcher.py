@@ -1,0 +1,37 @@
+"""OptunaSearch that tells Optuna the truth about trials stopped early.
+
+Ray's OptunaSearch tells a trial stopped by ASHA as COMPLETE with its early value, so TPE would
+mix budgets. Here a trial that ends without error before the last epoch is told PRUNED, and the
+intermediate values are keyed by epoch (not Tune's iteration count, which restarts on resume).
+"""
+from __future__ import annotations
+
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+
+class StudySearch(OptunaSearch):
+    def __init__(self, *args, max_epochs: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_epochs = max_epochs
+
+    def suggest(self, trial_id: str):
+        params = super().suggest(trial_id)
+        if trial_id in self._ot_trials:  # lets the report join Tune trials to Optuna trials
+            self._ot_trials[trial_id].set_user_attr("tune_trial_id", trial_id)
+        return params
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if isinstance(self.metric, list) or trial_id in self._completed_trials:
+            return  # Optuna keeps no intermediate values for multi-objective studies
+        if self.metric in result and "epoch" in result:
+            self._ot_trials[trial_id].report(result[self.metric], int(result["epoch"]))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        stopped_early = (not error and result and trial_id in self._ot_trials
+                         and int(result.get("epoch", self.max_epochs)) < self.max_epochs)
+        if stopped_early and trial_id not in self._completed_trials:
+            self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+            self._completed_trials.add(trial_id)
+            return
+        super().on_trial_complete(trial_id, result, error)

@@ -1,0 +1,93 @@
+"""The per-worker training function: one Ray Train worker runs the diffseg core.
+
+Ray enters the core only here, as a ``Runtime`` built from the worker's context: its rank, world
+size and device, and a report callback that forwards each epoch's metrics (and, from rank 0, the
+checkpoint folder) to ``ray.train.report``.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import ray.train
+import torch
+import torch.distributed as dist
+
+from diffseg import config as config_mod
+from diffseg.run import Trainer
+from diffseg.runtime import Runtime
+
+from .stage1 import SharedTeacher, decide
+
+
+def train_loop(loop_cfg: dict) -> None:
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    cfg = config_mod.from_dict(loop_cfg["config"])
+    run_dir = Path(loop_cfg["run_dir"])
+    log = _logger(run_dir, rank)
+    runtime = Runtime(device=_device(), rank=rank, world_size=world, amp=cfg.amp, report=_reporter(rank),
+                      num_workers=cfg.data.num_workers)
+    if rank == 0:
+        _restore_checkpoint(run_dir, log)
+    shared = SharedTeacher(Path(loop_cfg["study_dir"]), cfg, world)
+    reused = decide(shared, run_dir, log) if rank == 0 else False
+    reused = _broadcast(reused, world)
+    if world > 1:
+        dist.barrier()  # rank 0 has made the run folder and copied any checkpoint in
+    try:
+        Trainer(cfg, run_dir, runtime, pretrained=shared.path if reused else None, log=log,
+                on_pretrained=None if reused or rank else shared.publish).fit()
+    finally:
+        shared.release()
+
+
+def _device() -> torch.device:
+    if torch.cuda.is_available():
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+    return torch.device("cpu")
+
+
+def _reporter(rank: int):
+    def report(metrics: dict, checkpoint_dir: Path | None) -> None:
+        # a barrier: every rank reports each epoch; only rank 0 hands over the checkpoint
+        checkpoint = None
+        if rank == 0 and checkpoint_dir is not None:
+            checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir))
+        ray.train.report(metrics, checkpoint=checkpoint)
+    return report
+
+
+def _restore_checkpoint(run_dir: Path, log) -> None:
+    """After a worker restart on a node that cannot see the old run folder, Ray's stored
+    checkpoint is the only copy: put it where the Trainer resumes from."""
+    checkpoint = ray.train.get_checkpoint()
+    last = run_dir / "checkpoints" / "last.pt"
+    if checkpoint is None or last.exists():
+        return
+    with checkpoint.as_directory() as folder:
+        last.parent.mkdir(parents=True, exist_ok=True)
+        for item in Path(folder).glob("*.pt"):
+            shutil.copyfile(item, last.parent / item.name)
+    log(f"checkpoint restored from Ray storage {checkpoint.path}")
+
+
+def _broadcast(value: bool, world: int) -> bool:
+    if world == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return bool(box[0])
+
+
+def _logger(run_dir: Path, rank: int):
+    """Rank 0 writes ``train.log`` in the run folder; the study driver prints the per-epoch lines."""
+    def log(msg: str) -> None:
+        if rank:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(run_dir / "train.log", "a") as fh:
+            fh.write(msg + "\n")
+    return log
