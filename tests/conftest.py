@@ -35,3 +35,22 @@ def tiny_cfg():
                                  "train.iters_per_epoch": 2, "pretrain.iters_per_epoch": 2,
                                  "train.batch_size": 4, "pretrain.batch_size": 4, "diffusion.steps": 50,
                                  "diffusion.start_t": -1, "rounds": 2})
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for the whole session (starting one costs 4-6 s). HOME, TMPDIR and
+    RAY_TMPDIR point at a fresh short folder (socket paths have a length limit), so nothing
+    leaks between sessions. Yields the cluster address for driver subprocesses."""
+    import shutil
+    import tempfile
+
+    ray = pytest.importorskip("ray")
+    base = Path(tempfile.mkdtemp(prefix="dsr", dir="/tmp"))
+    for var, sub in (("HOME", "home"), ("TMPDIR", "tmp"), ("RAY_TMPDIR", "tmp")):
+        (base / sub).mkdir(exist_ok=True)
+        os.environ[var] = str(base / sub)
+    ray.init(num_cpus=2, include_dashboard=True, _temp_dir=str(base / "ray"), log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+    shutil.rmtree(base, ignore_errors=True)

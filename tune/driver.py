@@ -90,9 +90,19 @@ def _fit(tuner, study: Study, study_dir: Path) -> Path:
     except KeyboardInterrupt:
         say(f"interrupted; continue with `python -m tune resume {study.name}`")
         raise
+    close_lost_trials(study, study_dir)
     out = report.write(study_dir)
     say(f"report: {out}")
     return study_dir
+
+
+def close_lost_trials(study: Study, study_dir: Path) -> None:
+    """Once every trial has ended, an Optuna trial still RUNNING was asked by a driver that died
+    before Tune saved it; Tune never ran it, so it is told FAIL rather than left open."""
+    ot = optuna.load_study(study_name=study.name, storage=journal(study_dir))
+    for t in ot.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        ot.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        say(f"optuna trial {t.number} was never run (its driver was killed): marked FAIL")
 
 
 def trainable(study: Study, study_dir: Path):

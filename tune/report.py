@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import warnings
 from pathlib import Path
 
 import yaml
@@ -236,12 +237,14 @@ def _importance(study: Study, study_dir: Path, folder: Path) -> str:
     try:
         ot = optuna.load_study(study_name=study.name, storage=journal(study_dir))
         target = (lambda t: t.values[0]) if study.second_metric else None
-        scores = optuna.importance.get_param_importances(ot, target=target)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "few trials per regime": expected in small studies
+            scores = optuna.importance.get_param_importances(ot, target=target)
     except Exception as exc:  # too few complete trials, or no parameter varied
         return f"parameter importance not available: {exc}"
     fig, ax = plt.subplots(figsize=(6, 0.5 + 0.4 * len(scores)))
     ax.barh(list(scores)[::-1], list(scores.values())[::-1])
-    ax.set_xlabel(f"importance for {study.metric} (fANOVA, complete trials)")
+    ax.set_xlabel(f"importance for {study.metric} (Optuna's default evaluator, complete trials)")
     fig.tight_layout()
     fig.savefig(folder / "param_importance.png", dpi=100)
     plt.close(fig)

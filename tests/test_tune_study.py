@@ -1,0 +1,154 @@
+"""Study files, the searcher's pruned trials and stage-1 sharing: no Ray cluster needed."""
+import multiprocessing
+import time
+
+import optuna
+import pytest
+import yaml
+
+from diffseg import config
+from diffseg.config import ConfigError
+from tune import cli
+from tune.stage1 import SharedTeacher, stage1_key
+from tune.study import load_study, parse_study, study_from_yaml
+
+GOOD = {
+    "base": "debug",
+    "set": {"train.epochs": 3},
+    "space": {"rounds": {"int": [1, 3]},
+              "round_mode": {"choice": ["independent", "chained"], "when": {"rounds": {"min": 2}}},
+              "loss.cps": {"float": [0.1, 2.0], "log": True},
+              "diffusion.sample_steps": {"choice": [1, 2]}},
+    "trials": 4,
+}
+
+
+def study_with(**changes):
+    data = yaml.safe_load(yaml.safe_dump(GOOD, sort_keys=False))
+    data.update(changes)
+    return data
+
+
+def test_good_study_round_trips_through_its_resolved_file():
+    study = parse_study(study_with(), source="x.yaml")
+    assert study.max_epochs == 3 and study.metric == "val_dice" and study.scheduler == "asha"
+    assert study.config["data"]["root"].startswith("/")  # pinned for trial processes
+    again = study_from_yaml(study.to_yaml())
+    assert again == study
+    assert again.trial_config({"rounds": 2}, "t1").rounds == 2
+
+
+@pytest.mark.parametrize("space, words", [
+    ({"diffusion.stepz": {"int": [10, 20]}}, ["diffusion.stepz", "did you mean diffusion.steps"]),
+    ({"rounds": {"int": [3, 3]}}, ["rounds", "empty range"]),
+    ({"loss.cps": {"float": [2.0, 0.5]}}, ["loss.cps", "empty range"]),
+    ({"round_mode": {"choice": []}}, ["round_mode", "non-empty"]),
+    ({"diffusion.steps": {"float": [10.0, 20.0]}}, ["diffusion.steps", "holds int", "float range"]),
+    ({"round_mode": {"int": [1, 2]}}, ["round_mode", "holds str"]),
+    ({"rounds": {"choice": ["two", 3]}}, ["rounds", "'two'"]),
+    ({"round_mode": {"choice": ["independent", "sideways"]}}, ["round_mode", "sideways"]),
+    ({"diffusion.start_t": {"int": [0, 500]}}, ["diffusion.start_t", "500"]),  # beyond the base T
+    ({"loss.cps": {"float": [0.0, 1.0], "log": True}}, ["loss.cps", "log range"]),
+    ({"round_mode": {"choice": ["chained"], "when": {"rounds": [2]}}}, ["round_mode", "when", "rounds"]),
+    ({"rounds": [1, 2]}, ["rounds", "mapping"]),
+    ({}, ["space", "empty"]),
+])
+def test_bad_search_space_names_the_key(space, words):
+    with pytest.raises(ConfigError) as err:
+        parse_study(study_with(space=space))
+    for word in words:
+        assert word in str(err.value)
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"trails": 4}, ["trails", "valid keys"]),
+    ({"searcher": {"type": "grid"}}, ["searcher.type", "grid"]),
+    ({"scheduler": {"type": "asha", "grace_period": 5}}, ["grace_period", "train.epochs"]),
+    ({"resources": {"workers": 2, "gpus_per_worker": 0.5}}, ["fractions", "single-worker"]),
+    ({"trials": 0}, ["trials"]),
+    ({"set": {"train.epoch": 3}}, ["train.epoch"]),
+])
+def test_bad_study_settings_are_named(changes, words):
+    with pytest.raises(ConfigError) as err:
+        parse_study(study_with(**changes))
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_bad_study_file_fails_before_anything_is_written(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(study_with(space={"loss.cpz": {"float": [0.1, 1.0]}}), sort_keys=False))
+    storage = tmp_path / "studies"
+    assert cli.main(["search", str(bad), "--storage", str(storage)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "loss.cpz" in err
+    assert not storage.exists()
+
+
+def test_shipped_studies_are_valid():
+    for name in ("smoke", "glas", "ph2", "drive", "hmeps"):
+        study = load_study(name)
+        keys = {p.key for p in study.space}
+        assert {"diffusion.steps", "diffusion.sample_steps", "rounds", "round_mode"} <= keys, name
+        assert any(k.startswith("loss.") for k in keys), name
+
+
+def test_searcher_tells_optuna_pruned_for_trials_stopped_early():
+    from tune.searcher import StudySearch
+    from tune.study import suggest
+    import functools
+
+    study = parse_study(study_with())
+    search = StudySearch(space=functools.partial(suggest, space=study.space), metric="val_dice", mode="max",
+                         sampler=optuna.samplers.TPESampler(seed=0), study_name="t",
+                         storage=optuna.storages.InMemoryStorage(), max_epochs=3)
+    for tid in ("a", "b", "c"):
+        params = search.suggest(tid)
+        assert set(params) >= {"rounds", "loss.cps"}
+        assert ("round_mode" in params) == (params["rounds"] >= 2)  # the conditional parameter
+    search.on_trial_result("a", {"val_dice": 0.5, "epoch": 1})
+    search.on_trial_complete("a", {"val_dice": 0.5, "epoch": 1})  # stopped by the scheduler
+    search.on_trial_result("b", {"val_dice": 0.7, "epoch": 3})
+    search.on_trial_complete("b", {"val_dice": 0.7, "epoch": 3})
+    search.on_trial_complete("c", None, error=True)
+    trials = {t.user_attrs["tune_trial_id"]: t for t in search._ot_study.get_trials()}
+    assert trials["a"].state.name == "PRUNED" and trials["a"].intermediate_values == {1: 0.5}
+    assert trials["b"].state.name == "COMPLETE" and trials["b"].value == 0.7
+    assert trials["c"].state.name == "FAIL"
+
+
+def test_stage1_key_depends_only_on_stage1_keys():
+    cfg = config.load("debug")
+    same = config.apply_overrides(cfg, {"rounds": 3, "loss.cps": 0.2, "train.lr": 0.1, "diffusion.sample_steps": 5})
+    other = config.apply_overrides(cfg, {"diffusion.steps": 200})
+    assert stage1_key(cfg, 1) == stage1_key(same, 1)
+    assert stage1_key(cfg, 1) != stage1_key(other, 1) and stage1_key(cfg, 1) != stage1_key(cfg, 2)
+
+
+def _claim_and_publish(study_dir, hold_s, queue):
+    shared = SharedTeacher(study_dir, config.load("debug"), 1)
+    t0 = time.time()
+    reused = shared.claim(print)
+    waited = time.time() - t0
+    if not reused:
+        time.sleep(hold_s)  # "pretraining"
+        src = study_dir / f"teacher-{hold_s}.pt"
+        src.write_bytes(b"weights")
+        shared.publish(src)
+    queue.put((reused, waited))
+
+
+def test_shared_teacher_is_made_once_by_concurrent_trials(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    first = ctx.Process(target=_claim_and_publish, args=(tmp_path, 2.0, queue))
+    first.start()
+    time.sleep(1.0)  # the second arrives while the first pretrains
+    second = ctx.Process(target=_claim_and_publish, args=(tmp_path, 0.0, queue))
+    second.start()
+    results = sorted([queue.get(timeout=60), queue.get(timeout=60)])
+    first.join(10)
+    second.join(10)
+    assert [r[0] for r in results] == [False, True]  # one pretrained, one reused
+    assert results[1][1] > 0.5  # the reuser waited for the publisher
+    assert list((tmp_path / "pretrained").glob("*.pt"))[0].read_bytes() == b"weights"
