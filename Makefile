@@ -3,7 +3,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench clean
+.PHONY: demo debug test test-fast bench clean
+
+# the demo study uses this dataset when DIFFSEG_DATA points at real data
+DEMO_DATASET ?= glas
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -11,6 +14,9 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	$(PY) -m tune search smoke --name demo-$$(date +%Y%m%d-%H%M%S) $(if $(DIFFSEG_DATA),--set data.dataset=$(DEMO_DATASET))
+
+debug: $(STAMP)
 	$(PY) -m diffseg debug
 
 test: $(STAMP)

@@ -81,6 +81,7 @@ class Trainer:
         self.opt_t = torch.optim.Adam(self.teacher.parameters(), lr=cfg.train.lr)
         self.opt_s = torch.optim.Adam(self.student.parameters(), lr=cfg.train.lr)
         self.stage, self.epoch, self.best = "pretrain", 0, None
+        self.last_report = None  # the last epoch's report, repeated if a finished run is resumed
         self.writer = None
 
     # ------------------------------------------------------------------ checkpoints
@@ -90,7 +91,8 @@ class Trainer:
         atomic_save({"stage": self.stage, "epoch": self.epoch, "teacher": self.teacher.state_dict(),
                      "student": self.student.state_dict(), "opt_pre": self.opt_pre.state_dict(),
                      "opt_t": self.opt_t.state_dict(), "opt_s": self.opt_s.state_dict(),
-                     "best": self.best, "rng": rng_state(), "config": config_mod.to_dict(self.cfg)},
+                     "best": self.best, "rng": rng_state(), "config": config_mod.to_dict(self.cfg),
+                     "last_report": self.last_report},
                     self.rd.last)
 
     def restore(self) -> None:
@@ -100,6 +102,7 @@ class Trainer:
         for name in ("opt_pre", "opt_t", "opt_s"):
             getattr(self, name).load_state_dict(state[name])
         self.stage, self.epoch, self.best = state["stage"], state["epoch"], state["best"]
+        self.last_report = state.get("last_report")
         set_rng_state(state["rng"])
         if self.rt.rank:
             seed_everything(self.cfg.seed + 1000 * self.rt.rank + self.epoch)
@@ -129,6 +132,10 @@ class Trainer:
             self.pretrain()
         if self.stage == "train":
             self.cotrain()
+        elif self.stage == "done" and self.last_report is not None:
+            # stopped after its last epoch but before the end: whoever watches the reports
+            # (a Tune scheduler) must still see the final epoch
+            self.rt.report(self.last_report, self.rd.checkpoints)
         summary = self.finish(time.time() - t0)
         if self.writer is not None:
             self.writer.close()
@@ -185,12 +192,12 @@ class Trainer:
                      f"val dice teacher {val['val_dice_teacher']:.3f} student {val['val_dice_student']:.3f} "
                      f"(best {self.best['val_dice']:.3f} {self.best['model']}@{self.best['epoch'] + 1}) "
                      f"({time.time() - t0:.1f}s)")
+            self.last_report = metrics | {
+                "epoch": e + 1, "epoch_s": time.time() - t0, "pl_cost": pseudo_label_cost(self.cfg),
+                "val_dice": self.best["val_dice"],
+                "val_dice_last": max(val["val_dice_teacher"], val["val_dice_student"])}
             self.save()
-            self.rt.report(metrics | {"epoch": e + 1, "epoch_s": time.time() - t0,
-                                      "pl_cost": pseudo_label_cost(self.cfg),
-                                      "val_dice": self.best["val_dice"],
-                                      "val_dice_last": max(val["val_dice_teacher"], val["val_dice_student"])},
-                           self.rd.checkpoints)
+            self.rt.report(self.last_report, self.rd.checkpoints)
         self.stage = "done"
         self.save()
 

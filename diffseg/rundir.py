@@ -91,7 +91,8 @@ class RunDir:
 
     def truncate_log(self, stage: str, epoch: int) -> None:
         """On resume drop records the checkpoint does not cover (written after it by a killed run)."""
-        order = {"pretrain": 0, "train": 1, "final": 2}
+        # "done": every training epoch is kept, the final record is written again
+        order = {"pretrain": 0, "train": 1, "done": 1, "final": 2}
         keep = [r for r in self.records()
                 if (order.get(r.get("stage"), 3), r.get("epoch", 0)) < (order[stage], epoch)]
         (self.path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keep))

@@ -64,6 +64,25 @@ def test_resume_equals_uninterrupted(tiny_cfg, tmp_path):
     assert without_time(train_records(tmp_path / "cut")) == without_time(train_records(tmp_path / "full"))
 
 
+def test_run_killed_after_its_last_epoch_resumes_to_the_end(tiny_cfg, tmp_path):
+    """Stopped between the last epoch's checkpoint and the summary: the resume reports the last
+    epoch again (a Tune scheduler must see it) and finishes without training again."""
+    def kill_in_finish(*args, **kwargs):
+        raise Killed
+
+    trainer = Trainer(tiny_cfg, tmp_path / "r", log=lambda m: None)
+    trainer.finish = kill_in_finish
+    with pytest.raises(Killed):
+        trainer.fit()
+    reports = []
+    summary = Trainer(tiny_cfg, tmp_path / "r", Runtime(report=lambda m, c: reports.append(m)),
+                      log=lambda m: None).fit()
+    assert [r["epoch"] for r in reports] == [tiny_cfg.train.epochs]
+    assert summary["test"]["dice"] >= 0
+    stages = [r["stage"] for r in train_records(tmp_path / "r")]
+    assert stages == ["pretrain"] + ["train"] * tiny_cfg.train.epochs + ["final"]
+
+
 def test_run_dir_of_another_config_is_refused(tiny_cfg, tmp_path):
     train(tiny_cfg, tmp_path / "r", log=lambda m: None)
     other = config.apply_overrides(tiny_cfg, {"loss.cps": 0.5})

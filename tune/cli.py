@@ -22,6 +22,9 @@ def parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="write trials.csv, best.yaml, report.md and plots (no Ray needed)")
     rep.add_argument("name")
     rep.add_argument("--storage", help="folder holding the studies (default: studies)")
+    o = sub.add_parser("overhead", help="benchmark: an epoch in a 1-worker TorchTrainer vs in-process")
+    o.add_argument("--config", default="debug")
+    o.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
     return p
 
 
@@ -34,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         if args.command == "report":
-            from .driver import study_dir_for
+            from .paths import study_dir_for
             from .report import write
 
             study_dir = study_dir_for(args.name, args.storage)
@@ -42,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
                 raise DiffsegError(f"no study '{args.name}' at {study_dir} (missing study.yaml)")
             print(f"report: {write(study_dir)}")
             print((study_dir / "trials.csv").read_text(), end="")
+            return 0
+        if args.command == "overhead":
+            from .overhead import main as overhead
+
+            overhead(args.config, args.overrides)
             return 0
         from . import driver
 

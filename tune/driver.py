@@ -24,27 +24,11 @@ from diffseg.config import ConfigError
 from diffseg.data import prepare
 
 from . import report
+from .paths import journal, study_dir_for
 from .progress import Progress
 from .searcher import StudySearch
 from .study import Study, load_study, study_from_yaml, suggest
 from .trial import run_trial
-
-DEFAULT_STORAGE = "studies"
-JOURNAL = "optuna.journal"
-
-
-def study_dir_for(name: str, storage: str | None) -> Path:
-    if storage and "://" in storage:
-        raise ConfigError(f"--storage {storage!r}: a URI needs the cluster support of a later issue; "
-                          f"give a folder every node can read (a local path or an NFS mount)")
-    return (Path(storage or DEFAULT_STORAGE) / name).resolve()
-
-
-def journal(study_dir: Path) -> optuna.storages.JournalStorage:
-    from optuna.storages.journal import JournalFileBackend
-
-    return optuna.storages.JournalStorage(JournalFileBackend(str(study_dir / JOURNAL)))
-
 
 def search(study_file: str, overrides: list[str] | None = None, name: str | None = None,
            storage: str | None = None, address: str | None = None) -> Path:

@@ -33,7 +33,7 @@ def write(study_dir: str | Path) -> Path:
 def optuna_trials(study: Study, study_dir: Path) -> dict[str, object]:
     import optuna
 
-    from .driver import journal
+    from .paths import journal
 
     if not (study_dir / "optuna.journal").exists():
         return {}
@@ -232,7 +232,7 @@ def _importance(study: Study, study_dir: Path, folder: Path) -> str:
     import matplotlib.pyplot as plt
     import optuna
 
-    from .driver import journal
+    from .paths import journal
 
     try:
         ot = optuna.load_study(study_name=study.name, storage=journal(study_dir))

@@ -32,7 +32,7 @@ def run_trial(params: dict, study: Study, study_dir: str) -> None:
     trainer(study, cfg, run_dir, Path(study_dir), trial_id).fit()
 
 
-def trainer(study: Study, cfg, run_dir: Path, study_dir: Path, trial_id: str) -> TorchTrainer:
+def trainer(study: Study, cfg, run_dir: Path, study_dir: Path, trial_id: str, in_tune: bool = True) -> TorchTrainer:
     use_gpu = study.gpus_per_worker > 0
     per_worker = {"CPU": study.cpus_per_worker} | ({"GPU": study.gpus_per_worker} if use_gpu else {})
     return TorchTrainer(
@@ -48,7 +48,7 @@ def trainer(study: Study, cfg, run_dir: Path, study_dir: Path, trial_id: str) ->
             name=trial_id, storage_path=str(study_dir / "train"),
             failure_config=ray.train.FailureConfig(max_failures=study.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-            callbacks=[TuneReportCallback()],
+            callbacks=[TuneReportCallback()] if in_tune else [],
             # Train's per-report INFO lines drown the study's progress output
             logging_config=ray.train.LoggingConfig(log_level="WARNING")),
     )

@@ -1,0 +1,176 @@
+"""Real studies on the session's Ray cluster: Optuna + ASHA over TorchTrainer trials on real data,
+a killed driver resumed, the report read without Ray, and the refusal to overwrite."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from diffseg import config
+from diffseg.config import ConfigError
+from tune import driver
+from tune.paths import journal
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
+ROOT = Path(__file__).resolve().parent.parent
+TINY = {"data.size": 32, "model.width": 8, "model.depth": 2, "pretrain.epochs": 1,
+        "pretrain.iters_per_epoch": 2, "train.iters_per_epoch": 2, "train.batch_size": 4,
+        "pretrain.batch_size": 4}
+
+
+def write_study(path: Path, **changes) -> Path:
+    study = {"base": "debug", "set": dict(TINY),
+             "space": {"diffusion.steps": {"choice": [100, 200]},
+                       "diffusion.sample_steps": {"choice": [1, 2]},
+                       "rounds": {"int": [1, 2]},
+                       "round_mode": {"choice": ["independent", "chained"], "when": {"rounds": [2]}},
+                       "loss.cps": {"float": [0.1, 2.0], "log": True},
+                       "train.lr": {"float": [0.0003, 0.03], "log": True}},
+             "trials": 6, "concurrency": 2, "searcher": {"type": "tpe", "seed": 0},
+             "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2}}
+    for key, value in changes.items():
+        if key == "set":
+            study["set"].update(value)
+        else:
+            study[key] = value
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    return path
+
+
+def journal_states(study_dir: Path, name: str) -> dict[str, str]:
+    ot = optuna.load_study(study_name=name, storage=journal(study_dir))
+    return {t.user_attrs.get("tune_trial_id", f"#{t.number}"): t.state.name for t in ot.get_trials()}
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def glas_study(ray_cluster, shared_data, tmp_path_factory):
+    """Six trials on real GlaS, every one through a 1-worker TorchTrainer."""
+    tmp = tmp_path_factory.mktemp("glas_study")
+    path = write_study(tmp / "glas_tiny.yaml",
+                       set={"data.dataset": "glas", "data.root": str(shared_data), "train.epochs": 3})
+    study_dir = driver.search(str(path), storage=str(tmp / "studies"))
+    return path, study_dir
+
+
+def test_study_on_real_data_prunes_with_asha_and_reports(glas_study):
+    path, study_dir = glas_study
+    states = journal_states(study_dir, "glas_tiny")
+    assert len(states) == 6, states
+    assert "PRUNED" in states.values() and "COMPLETE" in states.values(), states
+    assert set(states.values()) <= {"PRUNED", "COMPLETE"}, states
+    for tid, state in states.items():
+        run = study_dir / "trials" / tid
+        cfg = config.load(run / "config.yaml")
+        assert cfg.data.dataset == "glas" and cfg.name == tid
+        # the trial ran through Ray Train: its run folder and a persisted Train checkpoint
+        assert list((study_dir / "train" / tid).glob("checkpoint_*/last.pt")), tid
+        assert (run / "summary.json").exists() == (state == "COMPLETE")
+        assert list((run / "tb").glob("events.out.tfevents.*")) and list((study_dir / "tune" / tid).glob("events.out*"))
+    # pruned trials stopped before the last epoch, as Tune saw them; Optuna has their curve
+    rows = {r["trial_id"]: r for r in read_csv(study_dir / "trials.csv")}
+    assert set(rows) == set(states)
+    for tid, row in rows.items():
+        assert row["state"] == states[tid]
+        assert (int(row["epochs"]) < 3) == (row["state"] == "PRUNED")
+        assert 0.0 <= float(row["val_dice"]) <= 1.0 and row["attempts"] == "1"
+    # stage 1 depends on diffusion.steps only among the searched keys: at most two pretrainings
+    ran = sum(r["stage1"] == "ran" for r in rows.values())
+    reused = sum(r["stage1"] == "reused" for r in rows.values())
+    assert ran + reused == 6 and 1 <= ran <= 2 and len(list((study_dir / "pretrained").glob("*.pt"))) == ran
+    # best.yaml: the best complete trial's config, ready to run
+    complete = [r for r in rows.values() if r["state"] == "COMPLETE"]
+    best = max(complete, key=lambda r: float(r["val_dice"]))
+    best_cfg = config.load(study_dir / "best.yaml")
+    trial_cfg = config.load(study_dir / "trials" / best["trial_id"] / "config.yaml")
+    assert config.to_dict(best_cfg) | {"name": ""} == config.to_dict(trial_cfg) | {"name": ""}
+    report = (study_dir / "report.md").read_text()
+    assert f"**Best trial** {best['trial_id']}" in report
+    assert f"{ran} run, {reused} reused" in report
+    for png in ("val_dice_curves.png", "param_importance.png", "parallel_coordinates.png"):
+        assert (study_dir / "plots" / png).stat().st_size > 1000, png
+        assert f"plots/{png}" in report
+    resolved = yaml.safe_load((study_dir / "study.yaml").read_text())
+    assert resolved["config"]["data"]["dataset"] == "glas" and resolved["trials"] == 6
+
+
+def test_report_is_rebuilt_without_ray(glas_study):
+    _, study_dir = glas_study
+    before = (study_dir / "trials.csv").read_text()
+    (study_dir / "trials.csv").unlink()
+    (study_dir / "report.md").unlink()
+    code = ("import sys; sys.modules['ray'] = None\n"  # any ray import now fails
+            "from tune.cli import main\n"
+            f"sys.exit(main(['report', 'glas_tiny', '--storage', {str(study_dir.parent)!r}]))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert (study_dir / "trials.csv").read_text() == before
+    assert "report.md" in out.stdout and (study_dir / "report.md").exists()
+
+
+def test_existing_study_name_is_refused_and_left_untouched(glas_study):
+    path, study_dir = glas_study
+    journal_bytes = (study_dir / "optuna.journal").read_bytes()
+    with pytest.raises(ConfigError, match="already exists.*resume"):
+        driver.search(str(path), storage=str(study_dir.parent))
+    assert (study_dir / "optuna.journal").read_bytes() == journal_bytes
+
+
+def test_killed_driver_is_resumed_without_rerunning_completed_trials(ray_cluster, tmp_path):
+    """Two-worker trials (gloo all-reduce between two Train workers) on synthetic data; the driver
+    process is killed once a trial has finished, then `resume` completes the study."""
+    path = write_study(tmp_path / "killme.yaml", trials=3, concurrency=1, scheduler={"type": "none"},
+                       resources={"workers": 2, "cpus_per_worker": 0.5},
+                       set={"data.synthetic_count": 16, "train.epochs": 2})
+    storage = tmp_path / "studies"
+    study_dir = storage / "killme"
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "tune", "search", str(path), "--storage", str(storage),
+                             "--address", ray_cluster], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    starts = study_dir / "trial_starts.jsonl"
+
+    def started() -> list[str]:
+        ids = [json.loads(l)["trial_id"] for l in starts.read_text().splitlines()] if starts.exists() else []
+        return list(dict.fromkeys(ids))
+
+    deadline = time.time() + 400
+    # one trial at a time: once the second has started, Tune has recorded the first as ended
+    while time.time() < deadline and len(started()) < 2:
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.5)
+    time.sleep(3)  # Tune saves its state every 2 s (TUNE_GLOBAL_CHECKPOINT_S)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {started()[0]}
+    assert (study_dir / "trials" / started()[0] / "summary.json").exists()
+    summaries = {tid: (study_dir / "trials" / tid / "summary.json").read_text() for tid in finished}
+
+    driver.resume("killme", storage=str(storage))
+
+    rows = read_csv(study_dir / "trials.csv")
+    ran = [r for r in rows if r["state"] == "COMPLETE"]
+    assert len(ran) == 3, rows
+    for tid in finished:  # completed before the kill: started once, results untouched
+        row = next(r for r in rows if r["trial_id"] == tid)
+        assert row["attempts"] == "1"
+        assert (study_dir / "trials" / tid / "summary.json").read_text() == summaries[tid]
+    for r in ran:
+        records = [json.loads(l) for l in (study_dir / "trials" / r["trial_id"] / "metrics.jsonl").read_text().splitlines()]
+        assert [x["epoch"] for x in records if x["stage"] == "train"] == [0, 1]  # no epoch twice
+        env_json = json.loads((study_dir / "trials" / r["trial_id"] / "environment.json").read_text())
+        assert env_json["device"] == "cpu"
+        assert "rank 0 of 2" in (study_dir / "trials" / r["trial_id"] / "train.log").read_text()
+    with pytest.raises(ConfigError, match="no study 'nothere'"):
+        driver.resume("nothere", storage=str(storage))

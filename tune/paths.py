@@ -1,0 +1,26 @@
+"""Where a study lives, and its Optuna journal. No Ray here: the report needs these too."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+
+from diffseg.config import ConfigError
+
+DEFAULT_STORAGE = "studies"
+JOURNAL = "optuna.journal"
+
+
+def study_dir_for(name: str, storage: str | None) -> Path:
+    if storage and "://" in storage:
+        raise ConfigError(f"--storage {storage!r}: a URI needs the cluster support of a later issue; "
+                          f"give a folder every node can read (a local path or an NFS mount)")
+    return (Path(storage or DEFAULT_STORAGE) / name).resolve()
+
+
+def journal(study_dir: Path) -> optuna.storages.JournalStorage:
+    """Optuna's file journal: safe with concurrent writers (SQLite is not) and it opens in
+    optuna-dashboard."""
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str(Path(study_dir) / JOURNAL)))
