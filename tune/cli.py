@@ -25,6 +25,7 @@ def parser() -> argparse.ArgumentParser:
     o = sub.add_parser("overhead", help="benchmark: an epoch in a 1-worker TorchTrainer vs in-process")
     o.add_argument("--config", default="debug")
     o.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
+    o.add_argument("--output", help="also write the figures to this JSON file")
     return p
 
 
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "overhead":
             from .overhead import main as overhead
 
-            overhead(args.config, args.overrides)
+            overhead(args.config, args.overrides, args.output)
             return 0
         from . import driver
 

@@ -7,12 +7,15 @@ figure excludes the worker start-up, which is reported separately as the whole-r
 from __future__ import annotations
 
 import json
+import os
+import re
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import ray
+import torch
 
 from diffseg import config as config_mod
 from diffseg.data import prepare
@@ -27,30 +30,47 @@ def epoch_seconds(run_dir: Path) -> list[float]:
     return [r["seconds"] for r in records if r.get("stage") == "train"]
 
 
-def measure(cfg, out_dir: Path) -> dict:
-    prepare(cfg.data, progress=True)  # build the cache before either clock starts
+def timed_local(cfg, run_dir: Path) -> float:
     t0 = time.time()
-    train(cfg, out_dir / "inprocess", log=lambda msg: None)
-    wall_local = time.time() - t0
+    train(cfg, run_dir, log=lambda msg: None)
+    return time.time() - t0
+
+
+def measure(cfg, out_dir: Path) -> dict:
+    prepare(cfg.data, progress=True)  # build the cache before any clock starts
+    wall = {"inprocess": timed_local(cfg, out_dir / "inprocess")}
     if not ray.is_initialized():
         ray.init(include_dashboard=True, log_to_driver=False)
+    # the same in-process run with an idle Ray instance beside it: separates what the Ray
+    # processes take from the cores from what running inside a Train worker costs
+    wall["inprocess_ray_up"] = timed_local(cfg, out_dir / "inprocess_ray_up")
+    # the worker gets every core, as the in-process run does (Ray sets its thread count from this)
+    cores = float(os.cpu_count() or 1)
     study = Study(name="overhead", base="", config=config_mod.to_dict(cfg), space=(), workers=1,
-                  cpus_per_worker=1.0, max_failures=0)
+                  cpus_per_worker=cores, max_failures=0)
     t0 = time.time()
     trainer(study, cfg, out_dir / "torchtrainer", out_dir, "overhead", in_tune=False).fit()
-    wall_ray = time.time() - t0
-    local, inray = epoch_seconds(out_dir / "inprocess"), epoch_seconds(out_dir / "torchtrainer")
+    wall["torchtrainer"] = time.time() - t0
     # the first epoch of each run carries one-off costs (allocator warm-up); compare the rest
-    a, b = statistics.median(local[1:] or local), statistics.median(inray[1:] or inray)
-    return {"epochs": len(local), "epoch_s_inprocess": round(a, 3), "epoch_s_torchtrainer": round(b, 3),
-            "epoch_ratio": round(b / a, 3), "run_s_inprocess": round(wall_local, 1),
-            "run_s_torchtrainer": round(wall_ray, 1), "run_ratio": round(wall_ray / wall_local, 3)}
+    epoch = {k: statistics.median(epoch_seconds(out_dir / k)[1:] or epoch_seconds(out_dir / k)) for k in wall}
+    log = (out_dir / "torchtrainer" / "train.log").read_text()
+    threads = re.search(r"(\d+) torch threads", log)
+    return {"epochs": cfg.train.epochs, "torch_threads_inprocess": torch.get_num_threads(),
+            "torch_threads_torchtrainer": int(threads.group(1)) if threads else None,
+            **{f"epoch_s_{k}": round(v, 3) for k, v in epoch.items()},
+            "epoch_ratio": round(epoch["torchtrainer"] / epoch["inprocess"], 3),
+            "epoch_ratio_vs_ray_up": round(epoch["torchtrainer"] / epoch["inprocess_ray_up"], 3),
+            **{f"run_s_{k}": round(v, 1) for k, v in wall.items()},
+            "run_ratio": round(wall["torchtrainer"] / wall["inprocess"], 3)}
 
 
-def main(config_name: str, overrides: list[str]) -> dict:
+def main(config_name: str, overrides: list[str], output: str | None = None) -> dict:
     cfg = config_mod.load(config_name, overrides)
     with tempfile.TemporaryDirectory(prefix="overhead") as tmp:
         result = measure(cfg, Path(tmp))
     result["config"] = config_name
     print(json.dumps(result, indent=1))
+    if output:
+        Path(output).write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {output}")
     return result

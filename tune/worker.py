@@ -28,7 +28,7 @@ def train_loop(loop_cfg: dict) -> None:
     log = _logger(run_dir, rank)
     runtime = Runtime(device=_device(), rank=rank, world_size=world, amp=cfg.amp, report=_reporter(rank),
                       num_workers=cfg.data.num_workers)
-    log(f"ray train worker rank {rank} of {world} on {runtime.device}")
+    log(f"ray train worker rank {rank} of {world} on {runtime.device}, {torch.get_num_threads()} torch threads")
     if rank == 0:
         _restore_checkpoint(run_dir, log)
     shared = SharedTeacher(Path(loop_cfg["study_dir"]), cfg, world)
