@@ -101,6 +101,11 @@ def test_study_on_real_data_prunes_with_asha_and_reports(glas_study):
     for png in ("val_dice_curves.png", "param_importance.png", "parallel_coordinates.png"):
         assert (study_dir / "plots" / png).stat().st_size > 1000, png
         assert f"plots/{png}" in report
+    # the journal opens the way optuna-dashboard opens a file given on its command line
+    from optuna_dashboard._storage_url import get_storage
+
+    dash = get_storage(str(study_dir / "optuna.journal"))
+    assert [s.study_name for s in dash.get_all_studies()] == ["glas_tiny"]
     resolved = yaml.safe_load((study_dir / "study.yaml").read_text())
     assert resolved["config"]["data"]["dataset"] == "glas" and resolved["trials"] == 6
 

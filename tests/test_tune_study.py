@@ -152,3 +152,28 @@ def test_shared_teacher_is_made_once_by_concurrent_trials(tmp_path):
     assert [r[0] for r in results] == [False, True]  # one pretrained, one reused
     assert results[1][1] > 0.5  # the reuser waited for the publisher
     assert list((tmp_path / "pretrained").glob("*.pt"))[0].read_bytes() == b"weights"
+
+
+def test_two_objective_study_searches_and_reports_a_pareto_front():
+    import functools
+
+    from tune.report import _pareto
+    from tune.searcher import StudySearch
+    from tune.study import suggest
+
+    study = parse_study(study_with(second_objective={"metric": "pl_cost", "mode": "min"}))
+    assert study.metrics == ["val_dice", "pl_cost"] and study.modes == ["max", "min"]
+    search = StudySearch(space=functools.partial(suggest, space=study.space), metric=study.metrics,
+                         mode=study.modes, sampler=optuna.samplers.TPESampler(seed=0), study_name="m",
+                         storage=optuna.storages.InMemoryStorage(), max_epochs=3)
+    for tid in ("a", "b"):
+        search.suggest(tid)
+    search.on_trial_result("a", {"val_dice": 0.5, "pl_cost": 3, "epoch": 1})
+    search.on_trial_complete("a", {"val_dice": 0.5, "pl_cost": 3, "epoch": 1})
+    search.on_trial_complete("b", {"val_dice": 0.8, "pl_cost": 8, "epoch": 3})
+    states = {t.user_attrs["tune_trial_id"]: t for t in search._ot_study.get_trials()}
+    assert states["a"].state.name == "PRUNED" and states["b"].values == [0.8, 8]
+    rows = [{"trial_id": t, "state": "COMPLETE", "metrics": {"val_dice": d, "pl_cost": c}}
+            for t, d, c in (("cheap", 0.7, 3), ("good", 0.8, 8), ("worse", 0.6, 8))]
+    front = "\n".join(_pareto(study, rows))
+    assert "cheap" in front and "good" in front and "worse" not in front
