@@ -18,7 +18,7 @@ from diffseg.config import ConfigError
 from tune import driver
 from tune.paths import journal
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"data.size": 32, "model.width": 8, "model.depth": 2, "pretrain.epochs": 1,
         "pretrain.iters_per_epoch": 2, "train.iters_per_epoch": 2, "train.batch_size": 4,

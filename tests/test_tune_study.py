@@ -67,6 +67,7 @@ def test_bad_search_space_names_the_key(space, words):
     ({"resources": {"workers": 2, "gpus_per_worker": 0.5}}, ["fractions", "single-worker"]),
     ({"trials": 0}, ["trials"]),
     ({"set": {"train.epoch": 3}}, ["train.epoch"]),
+    ({"name": "../escape"}, ["../escape", "folder"]),
 ])
 def test_bad_study_settings_are_named(changes, words):
     with pytest.raises(ConfigError) as err:

@@ -1,5 +1,8 @@
 """Hyperparameter studies over the diffseg core with Ray Tune, Ray Train and Optuna.
 
-The only package that imports Ray. ``study`` (files), ``stage1`` (shared teachers) and ``report``
-read and write plain files; ``worker``, ``trial``, ``searcher`` and ``driver`` hold the Ray parts.
+The only package that imports Ray. Plain files, no Ray: ``study`` (study files and the search
+space), ``stage1`` (shared pretrained teachers), ``paths`` and ``report``. Ray: ``worker`` (the
+per-worker training function), ``trial`` (the Tune trainable that runs a TorchTrainer),
+``searcher`` (OptunaSearch that records pruned trials), ``progress``, ``driver`` (the Tuner)
+and ``overhead`` (a benchmark).
 """

@@ -26,12 +26,14 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("--config", default="debug")
     o.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
     o.add_argument("--output", help="also write the figures to this JSON file")
+    o.add_argument("--repeat", type=int, default=1, help="repeat the three runs; medians are reported")
     return p
 
 
 def _where(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", help="folder holding the studies (default: studies)")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
+    p.add_argument("--verbose", action="store_true", help="also print the Ray workers' own log lines")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,14 +52,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "overhead":
             from .overhead import main as overhead
 
-            overhead(args.config, args.overrides, args.output)
+            overhead(args.config, args.overrides, args.output, args.repeat)
             return 0
         from . import driver
 
         if args.command == "search":
-            driver.search(args.study, args.overrides, args.name, args.storage, args.address)
+            driver.search(args.study, args.overrides, args.name, args.storage, args.address, args.verbose)
         else:
-            driver.resume(args.name, args.storage, args.address)
+            driver.resume(args.name, args.storage, args.address, args.verbose)
         return 0
     except DiffsegError as exc:
         print(f"error: {exc}", file=sys.stderr)

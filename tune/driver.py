@@ -11,6 +11,7 @@ Experiment directory ``<storage>/<name>/``:
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from pathlib import Path
@@ -27,15 +28,15 @@ from . import report
 from .paths import journal, study_dir_for
 from .progress import Progress
 from .searcher import StudySearch
-from .study import Study, load_study, study_from_yaml, suggest
+from .study import Study, check_name, load_study, study_from_yaml, suggest
 from .trial import run_trial
 
 def search(study_file: str, overrides: list[str] | None = None, name: str | None = None,
-           storage: str | None = None, address: str | None = None) -> Path:
+           storage: str | None = None, address: str | None = None, verbose: bool = False) -> Path:
     """Check everything, make the experiment directory, run the study, write its report."""
     study = load_study(study_file, overrides)
     if name:
-        study = Study(**{**study.__dict__, "name": name})
+        study = dataclasses.replace(study, name=check_name(name))
     study_dir = study_dir_for(study.name, storage)
     if study_dir.exists() and any(study_dir.iterdir()):
         raise ConfigError(f"study '{study.name}' already exists at {study_dir}; continue it with "
@@ -46,13 +47,13 @@ def search(study_file: str, overrides: list[str] | None = None, name: str | None
     prepare(study.base_config().data, progress=True)
     study_dir.mkdir(parents=True, exist_ok=True)
     (study_dir / "study.yaml").write_text(study.to_yaml())
-    _connect(address, study)
+    _connect(address, study, verbose)
     tuner = ray.tune.Tuner(trainable(study, study_dir), tune_config=tune_config(study, study_dir),
                            run_config=run_config(study, study_dir))
     return _fit(tuner, study, study_dir)
 
 
-def resume(name: str, storage: str | None = None, address: str | None = None) -> Path:
+def resume(name: str, storage: str | None = None, address: str | None = None, verbose: bool = False) -> Path:
     study_dir = study_dir_for(name, storage)
     if not (study_dir / "study.yaml").exists():
         raise ConfigError(f"no study '{name}' at {study_dir} (missing study.yaml)")
@@ -60,7 +61,7 @@ def resume(name: str, storage: str | None = None, address: str | None = None) ->
     if not ray.tune.Tuner.can_restore(str(study_dir / "tune")):
         raise ConfigError(f"study '{name}' at {study_dir} has no restorable Tune state "
                           f"(tune/tuner.pkl missing): it never started a trial")
-    _connect(address, study)
+    _connect(address, study, verbose)
     say(f"resuming study {name} from {study_dir}: unfinished and errored trials continue, "
         f"finished ones are kept")
     tuner = ray.tune.Tuner.restore(str(study_dir / "tune"), trainable=trainable(study, study_dir),
@@ -76,6 +77,9 @@ def _fit(tuner, study: Study, study_dir: Path) -> Path:
         raise
     close_lost_trials(study, study_dir)
     out = report.write(study_dir)
+    best = study_dir / "best.yaml"
+    if best.exists():
+        say(best.read_text().splitlines()[0].lstrip("# ") + f"; config: {best}")
     say(f"report: {out}")
     return study_dir
 
@@ -129,12 +133,14 @@ def run_config(study: Study, study_dir: Path) -> ray.tune.RunConfig:
                               failure_config=ray.tune.FailureConfig(max_failures=0))
 
 
-def _connect(address: str | None, study: Study) -> None:
+def _connect(address: str | None, study: Study, verbose: bool) -> None:
     # Tune saves its state every few seconds, so a killed driver loses little
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     if not ray.is_initialized():
         # inside `ray job submit` RAY_ADDRESS is set and plain ray.init() joins that cluster
-        ray.init(address=address) if address else ray.init()
+        # the workers' own output (Ray Train's per-report lines, actor warnings) would drown the
+        # progress lines; it stays in each trial's train.log and Ray's session logs
+        ray.init(address=address, log_to_driver=verbose)
     need_cpu = study.workers * study.cpus_per_worker
     have = ray.cluster_resources()
     if need_cpu > have.get("CPU", 0) or study.workers * study.gpus_per_worker > have.get("GPU", 0):

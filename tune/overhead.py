@@ -1,7 +1,8 @@
 """Benchmark: one epoch's wall time inside a 1-worker TorchTrainer against the same epoch in-process.
 
-Both runs use the same config in one invocation, one after the other (running them at once would
-make them compete for the cores). Epoch times come from each run's metrics.jsonl, so the Ray
+Three runs of the same config in one invocation, one after the other (running them at once would
+make them compete for the cores): in-process without Ray, in-process beside an idle Ray instance,
+and in a 1-worker TorchTrainer given every core. Epoch times come from each run's metrics.jsonl, so the Ray
 figure excludes the worker start-up, which is reported separately as the whole-run wall time.
 """
 from __future__ import annotations
@@ -36,26 +37,27 @@ def timed_local(cfg, run_dir: Path) -> float:
     return time.time() - t0
 
 
-def measure(cfg, out_dir: Path) -> dict:
-    prepare(cfg.data, progress=True)  # build the cache before any clock starts
+def measure_once(cfg, out_dir: Path) -> dict:
     wall = {"inprocess": timed_local(cfg, out_dir / "inprocess")}
-    if not ray.is_initialized():
-        ray.init(include_dashboard=True, log_to_driver=False)
-    # the same in-process run with an idle Ray instance beside it: separates what the Ray
-    # processes take from the cores from what running inside a Train worker costs
-    wall["inprocess_ray_up"] = timed_local(cfg, out_dir / "inprocess_ray_up")
-    # the worker gets every core, as the in-process run does (Ray sets its thread count from this)
-    cores = float(os.cpu_count() or 1)
-    study = Study(name="overhead", base="", config=config_mod.to_dict(cfg), space=(), workers=1,
-                  cpus_per_worker=cores, max_failures=0)
-    t0 = time.time()
-    trainer(study, cfg, out_dir / "torchtrainer", out_dir, "overhead", in_tune=False).fit()
-    wall["torchtrainer"] = time.time() - t0
+    ray.init(include_dashboard=True, log_to_driver=False)
+    try:
+        # the same in-process run with an idle Ray instance beside it: separates what the Ray
+        # processes take from the cores from what running inside a Train worker costs
+        wall["inprocess_ray_up"] = timed_local(cfg, out_dir / "inprocess_ray_up")
+        # the worker gets every core, as the in-process run does (Ray sets its thread count from this)
+        cores = float(os.cpu_count() or 1)
+        study = Study(name="overhead", base="", config=config_mod.to_dict(cfg), space=(), workers=1,
+                      cpus_per_worker=cores, max_failures=0)
+        t0 = time.time()
+        trainer(study, cfg, out_dir / "torchtrainer", out_dir, "overhead", in_tune=False).fit()
+        wall["torchtrainer"] = time.time() - t0
+    finally:
+        ray.shutdown()
     # the first epoch of each run carries one-off costs (allocator warm-up); compare the rest
     epoch = {k: statistics.median(epoch_seconds(out_dir / k)[1:] or epoch_seconds(out_dir / k)) for k in wall}
     log = (out_dir / "torchtrainer" / "train.log").read_text()
     threads = re.search(r"(\d+) torch threads", log)
-    return {"epochs": cfg.train.epochs, "torch_threads_inprocess": torch.get_num_threads(),
+    return {"torch_threads_inprocess": torch.get_num_threads(),
             "torch_threads_torchtrainer": int(threads.group(1)) if threads else None,
             **{f"epoch_s_{k}": round(v, 3) for k, v in epoch.items()},
             "epoch_ratio": round(epoch["torchtrainer"] / epoch["inprocess"], 3),
@@ -64,10 +66,25 @@ def measure(cfg, out_dir: Path) -> dict:
             "run_ratio": round(wall["torchtrainer"] / wall["inprocess"], 3)}
 
 
-def main(config_name: str, overrides: list[str], output: str | None = None) -> dict:
+def measure(cfg, out_dir: Path, repeat: int = 1) -> dict:
+    """Runs the three side by side ``repeat`` times (2-core timings are noisy); medians of ratios."""
+    if ray.is_initialized():
+        raise RuntimeError("run the overhead benchmark in a fresh process: it starts and stops Ray itself")
+    prepare(cfg.data, progress=True)  # build the cache before any clock starts
+    rounds = []
+    for i in range(repeat):
+        rounds.append(measure_once(cfg, out_dir / f"r{i}"))
+        print(f"repeat {i + 1}/{repeat}: epoch ratio {rounds[-1]['epoch_ratio']}", flush=True)
+    keys = ("epoch_ratio", "epoch_ratio_vs_ray_up", "run_ratio")
+    return {"epochs": cfg.train.epochs, "repeats": repeat,
+            **{f"median_{k}": round(statistics.median(r[k] for r in rounds), 3) for k in keys},
+            "runs": rounds}
+
+
+def main(config_name: str, overrides: list[str], output: str | None = None, repeat: int = 1) -> dict:
     cfg = config_mod.load(config_name, overrides)
     with tempfile.TemporaryDirectory(prefix="overhead") as tmp:
-        result = measure(cfg, Path(tmp))
+        result = measure(cfg, Path(tmp), repeat)
     result["config"] = config_name
     print(json.dumps(result, indent=1))
     if output:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,7 +150,7 @@ def parse_study(data: dict, overrides=None, source: str = "") -> Study:
     scheduler = _section(data, "scheduler", ("type", "grace_period", "reduction_factor"))
     resources = _section(data, "resources", ("workers", "cpus_per_worker", "gpus_per_worker"))
     study = Study(
-        name=str(data.get("name") or Path(source).stem or "study"), base=base,
+        name=check_name(str(data.get("name") or Path(source).stem or "study")), base=base,
         config=config_mod.to_dict(cfg), space=space,
         metric=str(objective.get("metric", "val_dice")), mode=_mode(objective.get("mode", "max"), "objective"),
         second_metric=str(second.get("metric", "")), second_mode=_mode(second.get("mode", "min"), "second_objective"),
@@ -172,6 +173,14 @@ def parse_study(data: dict, overrides=None, source: str = "") -> Study:
         raise ConfigError(f"scheduler.grace_period = {study.grace_period} exceeds train.epochs = "
                           f"{study.max_epochs}")
     return study
+
+
+def check_name(name: str) -> str:
+    """A study name becomes a folder and an Optuna study name: keep it plain."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise ConfigError(f"study name {name!r} must be letters, digits, '.', '_' or '-' "
+                          f"(it names the study's folder)")
+    return name
 
 
 def study_from_yaml(text: str) -> Study:
