@@ -75,6 +75,13 @@ def _fit(tuner, study: Study, study_dir: Path) -> Path:
     except KeyboardInterrupt:
         say(f"interrupted; continue with `python -m tune resume {study.name}`")
         raise
+    # Tune turns Ctrl-C into a clean return with trials left unfinished: count what really ended
+    ended = ended_trials(study, study_dir)
+    if ended < study.trials:
+        report.write(study_dir)
+        say(f"stopped after {ended} of {study.trials} trials ended; continue with "
+            f"`python -m tune resume {study.name}`")
+        return study_dir
     close_lost_trials(study, study_dir)
     out = report.write(study_dir)
     best = study_dir / "best.yaml"
@@ -82,6 +89,12 @@ def _fit(tuner, study: Study, study_dir: Path) -> Path:
         say(best.read_text().splitlines()[0].lstrip("# ") + f"; config: {best}")
     say(f"report: {out}")
     return study_dir
+
+
+def ended_trials(study: Study, study_dir: Path) -> int:
+    ot = optuna.load_study(study_name=study.name, storage=journal(study_dir))
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+    return sum("tune_trial_id" in t.user_attrs for t in ot.get_trials(deepcopy=False, states=states))
 
 
 def close_lost_trials(study: Study, study_dir: Path) -> None:

@@ -242,6 +242,8 @@ def _importance(study: Study, study_dir: Path, folder: Path) -> str:
             scores = optuna.importance.get_param_importances(ot, target=target)
     except Exception as exc:  # too few complete trials, or no parameter varied
         return f"parameter importance not available: {exc}"
+    if not scores:
+        return "parameter importance not available: no complete trial yet"
     fig, ax = plt.subplots(figsize=(6, 0.5 + 0.4 * len(scores)))
     ax.barh(list(scores)[::-1], list(scores.values())[::-1])
     ax.set_xlabel(f"importance for {study.metric} (Optuna's default evaluator, complete trials)")
