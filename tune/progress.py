@@ -39,7 +39,7 @@ class Progress(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.done += 1
-        self.say(f"trial {trial.trial_id} FAILED; its error is in {trial.local_path}/error.txt "
+        self.say(f"trial {trial.trial_id} FAILED; its error is in {trial.path}/error.txt "
                  f"({self.done}/{self.total} trials ended)")
 
 
