@@ -253,16 +253,28 @@ def _not_section(key, value):
     raise ConfigError(f"config key '{key}' is a section; set its fields like {key}.<field>=..., got {value!r}")
 
 
-def resolve_config_path(name_or_path: str | Path) -> Path:
-    """A file path, or the name of a shipped config (``debug``, ``glas``...)."""
+def resolve_shipped(name_or_path: str | Path, directory: Path, what: str) -> Path:
+    """A file path, or the name of a YAML file shipped in ``directory``."""
     path = Path(name_or_path)
     if path.is_file():
         return path
-    shipped = CONFIG_DIR / f"{name_or_path}.yaml"
+    shipped = directory / f"{name_or_path}.yaml"
     if shipped.is_file():
         return shipped
-    known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-    raise ConfigError(f"config file '{name_or_path}' not found (shipped configs: {known})")
+    known = ", ".join(sorted(p.stem for p in directory.glob("*.yaml")))
+    raise ConfigError(f"{what} file '{name_or_path}' not found (shipped {what} files: {known})")
+
+
+def read_yaml(path: Path, what: str) -> dict:
+    try:
+        return yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} file '{path}' is not valid YAML: {exc}") from None
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A file path, or the name of a shipped config (``debug``, ``glas``...)."""
+    return resolve_shipped(name_or_path, CONFIG_DIR, "config")
 
 
 def load(path: str | Path | None = None, overrides: dict | list | None = None) -> Config:
@@ -270,10 +282,7 @@ def load(path: str | Path | None = None, overrides: dict | list | None = None) -
     cfg = Config()
     if path is not None:
         path = resolve_config_path(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
+        data = read_yaml(path, "config")
         try:
             cfg = _build(Config, data)
         except ConfigError as exc:

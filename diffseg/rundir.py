@@ -58,6 +58,12 @@ def _clean(value):
     return value
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON-lines file; none when it does not exist."""
+    path = Path(path)
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
 class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -86,8 +92,7 @@ class RunDir:
             fh.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
 
     def records(self) -> list[dict]:
-        path = self.path / "metrics.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        return read_jsonl(self.path / "metrics.jsonl")
 
     def truncate_log(self, stage: str, epoch: int) -> None:
         """On resume drop records the checkpoint does not cover (written after it by a killed run)."""

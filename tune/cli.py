@@ -40,12 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         if args.command == "report":
-            from .paths import study_dir_for
+            from .paths import existing_study_dir
             from .report import write
 
-            study_dir = study_dir_for(args.name, args.storage)
-            if not (study_dir / "study.yaml").exists():
-                raise DiffsegError(f"no study '{args.name}' at {study_dir} (missing study.yaml)")
+            study_dir = existing_study_dir(args.name, args.storage)
             print(f"report: {write(study_dir)}")
             print((study_dir / "trials.csv").read_text(), end="")
             return 0

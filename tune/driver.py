@@ -25,7 +25,7 @@ from diffseg.config import ConfigError
 from diffseg.data import prepare
 
 from . import report
-from .paths import journal, study_dir_for
+from .paths import existing_study_dir, journal, study_dir_for
 from .progress import Progress
 from .searcher import StudySearch
 from .study import Study, check_name, load_study, study_from_yaml, suggest
@@ -54,9 +54,7 @@ def search(study_file: str, overrides: list[str] | None = None, name: str | None
 
 
 def resume(name: str, storage: str | None = None, address: str | None = None, verbose: bool = False) -> Path:
-    study_dir = study_dir_for(name, storage)
-    if not (study_dir / "study.yaml").exists():
-        raise ConfigError(f"no study '{name}' at {study_dir} (missing study.yaml)")
+    study_dir = existing_study_dir(name, storage)
     study = study_from_yaml((study_dir / "study.yaml").read_text())
     if not ray.tune.Tuner.can_restore(str(study_dir / "tune")):
         raise ConfigError(f"study '{name}' at {study_dir} has no restorable Tune state "
@@ -76,13 +74,14 @@ def _fit(tuner, study: Study, study_dir: Path) -> Path:
         say(f"interrupted; continue with `python -m tune resume {study.name}`")
         raise
     # Tune turns Ctrl-C into a clean return with trials left unfinished: count what really ended
-    ended = ended_trials(study, study_dir)
+    ot = optuna.load_study(study_name=study.name, storage=journal(study_dir))
+    ended = ended_trials(ot)
     if ended < study.trials:
         report.write(study_dir)
         say(f"stopped after {ended} of {study.trials} trials ended; continue with "
             f"`python -m tune resume {study.name}`")
         return study_dir
-    close_lost_trials(study, study_dir)
+    close_lost_trials(ot)
     out = report.write(study_dir)
     best = study_dir / "best.yaml"
     if best.exists():
@@ -91,16 +90,14 @@ def _fit(tuner, study: Study, study_dir: Path) -> Path:
     return study_dir
 
 
-def ended_trials(study: Study, study_dir: Path) -> int:
-    ot = optuna.load_study(study_name=study.name, storage=journal(study_dir))
+def ended_trials(ot: optuna.Study) -> int:
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
     return sum("tune_trial_id" in t.user_attrs for t in ot.get_trials(deepcopy=False, states=states))
 
 
-def close_lost_trials(study: Study, study_dir: Path) -> None:
+def close_lost_trials(ot: optuna.Study) -> None:
     """Once every trial has ended, an Optuna trial still RUNNING was asked by a driver that died
     before Tune saved it; Tune never ran it, so it is told FAIL rather than left open."""
-    ot = optuna.load_study(study_name=study.name, storage=journal(study_dir))
     for t in ot.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         ot.tell(t.number, state=optuna.trial.TrialState.FAIL)
         say(f"optuna trial {t.number} was never run (its driver was killed): marked FAIL")
@@ -150,9 +147,9 @@ def _connect(address: str | None, study: Study, verbose: bool) -> None:
     # Tune saves its state every few seconds, so a killed driver loses little
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     if not ray.is_initialized():
-        # inside `ray job submit` RAY_ADDRESS is set and plain ray.init() joins that cluster
-        # the workers' own output (Ray Train's per-report lines, actor warnings) would drown the
-        # progress lines; it stays in each trial's train.log and Ray's session logs
+        # without an address, RAY_ADDRESS (set inside `ray job submit`) or a new local instance.
+        # The workers' own output (Ray Train's per-report lines, actor warnings) would drown the
+        # progress lines; it stays in each trial's train.log and Ray's session logs.
         ray.init(address=address, log_to_driver=verbose)
     need_cpu = study.workers * study.cpus_per_worker
     have = ray.cluster_resources()

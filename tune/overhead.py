@@ -21,14 +21,14 @@ import torch
 from diffseg import config as config_mod
 from diffseg.data import prepare
 from diffseg.run import train
+from diffseg.rundir import RunDir
 
 from .study import Study
 from .trial import trainer
 
 
 def epoch_seconds(run_dir: Path) -> list[float]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r["seconds"] for r in records if r.get("stage") == "train"]
+    return [r["seconds"] for r in RunDir(run_dir).records() if r.get("stage") == "train"]
 
 
 def timed_local(cfg, run_dir: Path) -> float:

@@ -18,6 +18,13 @@ def study_dir_for(name: str, storage: str | None) -> Path:
     return (Path(storage or DEFAULT_STORAGE) / name).resolve()
 
 
+def existing_study_dir(name: str, storage: str | None) -> Path:
+    study_dir = study_dir_for(name, storage)
+    if not (study_dir / "study.yaml").exists():
+        raise ConfigError(f"no study '{name}' at {study_dir} (missing study.yaml)")
+    return study_dir
+
+
 def journal(study_dir: Path) -> optuna.storages.JournalStorage:
     """Optuna's file journal: safe with concurrent writers (SQLite is not) and it opens in
     optuna-dashboard."""

@@ -9,9 +9,12 @@ import csv
 import json
 import math
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import yaml
+
+from diffseg.rundir import RunDir, read_jsonl
 
 from .study import Study, study_from_yaml
 
@@ -19,56 +22,52 @@ from .study import Study, study_from_yaml
 def write(study_dir: str | Path) -> Path:
     study_dir = Path(study_dir)
     study = study_from_yaml((study_dir / "study.yaml").read_text())
-    rows = collect(study, study_dir)
+    ot = optuna_study(study, study_dir)
+    rows = collect(study, study_dir, ot)
     write_csv(study, rows, study_dir / "trials.csv")
     best = best_row(study, rows)
     if best is not None:
         write_best(study, best, study_dir)
-    plots = make_plots(study, rows, study_dir)
+    plots = make_plots(study, rows, study_dir, ot)
     (study_dir / "report.md").write_text(markdown(study, rows, best, plots, study_dir))
     return study_dir / "report.md"
 
 
 # ---------------------------------------------------------------------- gathering
-def optuna_trials(study: Study, study_dir: Path) -> dict[str, object]:
+def optuna_study(study: Study, study_dir: Path):
+    """The study's Optuna record, or None before its journal exists."""
     import optuna
 
     from .paths import journal
 
     if not (study_dir / "optuna.journal").exists():
-        return {}
+        return None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    ot = optuna.load_study(study_name=study.name, storage=journal(study_dir))
+    return optuna.load_study(study_name=study.name, storage=journal(study_dir))
+
+
+def optuna_trials(ot) -> dict[str, object]:
+    if ot is None:
+        return {}
     return {t.user_attrs["tune_trial_id"]: t for t in ot.get_trials(deepcopy=False)
             if "tune_trial_id" in t.user_attrs}
-
-
-def tune_results(study_dir: Path, trial_id: str) -> list[dict]:
-    path = study_dir / "tune" / trial_id / "result.json"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def collect(study: Study, study_dir: Path) -> list[dict]:
-    ot = optuna_trials(study, study_dir)
-    starts: dict[str, int] = {}
-    if (study_dir / "trial_starts.jsonl").exists():
-        for line in (study_dir / "trial_starts.jsonl").read_text().splitlines():
-            tid = json.loads(line)["trial_id"]
-            starts[tid] = starts.get(tid, 0) + 1
+def collect(study: Study, study_dir: Path, study_ot=None) -> list[dict]:
+    ot = optuna_trials(study_ot)
+    starts = Counter(r["trial_id"] for r in read_jsonl(study_dir / "trial_starts.jsonl"))
     ids = sorted(set(ot) | {p.name for p in (study_dir / "trials").glob("*") if p.is_dir()},
                  key=lambda t: (getattr(ot.get(t), "number", 1e9), t))
     rows = []
     for tid in ids:
         run = study_dir / "trials" / tid
-        results = tune_results(study_dir, tid)
+        results = read_jsonl(study_dir / "tune" / tid / "result.json")
         last = results[-1] if results else {}
-        epochs = [r for r in _records(run) if r.get("stage") == "train"]
+        epochs = [r for r in RunDir(run).records() if r.get("stage") == "train"]
         summary, stage1 = read_json(run / "summary.json"), read_json(run / "stage1.json")
         trial = ot.get(tid)
         params = dict(trial.params) if trial is not None else read_json(run / "params.json")
@@ -85,11 +84,6 @@ def collect(study: Study, study_dir: Path) -> list[dict]:
             "config": run / "config.yaml",
         })
     return rows
-
-
-def _records(run: Path) -> list[dict]:
-    path = run / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def best_row(study: Study, rows: list[dict]) -> dict | None:
@@ -198,13 +192,13 @@ def _fmt(value) -> str:
 
 
 # ---------------------------------------------------------------------- plots
-def make_plots(study: Study, rows: list[dict], study_dir: Path) -> dict[str, str]:
+def make_plots(study: Study, rows: list[dict], study_dir: Path, ot=None) -> dict[str, str]:
     import matplotlib
 
     matplotlib.use("Agg")
     folder = study_dir / "plots"
     folder.mkdir(exist_ok=True)
-    return {"curves": _curves(rows, folder), "importance": _importance(study, study_dir, folder),
+    return {"curves": _curves(rows, folder), "importance": _importance(study, ot, folder),
             "parallel": _parallel(study, rows, folder)}
 
 
@@ -228,14 +222,13 @@ def _curves(rows: list[dict], folder: Path) -> str:
     return "plots/val_dice_curves.png"
 
 
-def _importance(study: Study, study_dir: Path, folder: Path) -> str:
+def _importance(study: Study, ot, folder: Path) -> str:
     import matplotlib.pyplot as plt
     import optuna
 
-    from .paths import journal
-
+    if ot is None:
+        return "parameter importance not available: no Optuna journal yet"
     try:
-        ot = optuna.load_study(study_name=study.name, storage=journal(study_dir))
         target = (lambda t: t.values[0]) if study.second_metric else None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "few trials per regime": expected in small studies

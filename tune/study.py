@@ -6,7 +6,6 @@ file and the key at fault. No Ray import: a finished study is read back with thi
 from __future__ import annotations
 
 import difflib
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -110,24 +109,10 @@ def _param_dict(p: Param) -> dict:
     return out
 
 
-def resolve_study_path(name_or_path: str | Path) -> Path:
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    shipped = STUDY_DIR / f"{name_or_path}.yaml"
-    if shipped.is_file():
-        return shipped
-    known = ", ".join(sorted(p.stem for p in STUDY_DIR.glob("*.yaml")))
-    raise ConfigError(f"study file '{name_or_path}' not found (shipped studies: {known})")
-
-
 def load_study(name_or_path: str | Path, overrides: list[str] | dict | None = None) -> Study:
     """Read and check a study file; ``overrides`` (``key=value``) change the base config."""
-    path = resolve_study_path(name_or_path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"study file '{path}' is not valid YAML: {exc}") from None
+    path = config_mod.resolve_shipped(name_or_path, STUDY_DIR, "study")
+    data = config_mod.read_yaml(path, "study")
     try:
         return parse_study(data, overrides, source=str(path))
     except ConfigError as exc:
@@ -276,12 +261,11 @@ def _check_values(param: Param, cfg: config_mod.Config, typ: type) -> None:
 
 def _absolute_paths(cfg: config_mod.Config) -> config_mod.Config:
     """Trials run in other processes (and other folders): pin the data and cache folders now."""
+    from diffseg.data.cache import cache_dir
     from diffseg.data.sources import data_root
 
-    root = cfg.data.root or os.environ.get("DIFFSEG_DATA") or str(data_root())
-    cache = cfg.data.cache_dir or os.environ.get("DIFFSEG_CACHE") or str(Path.home() / ".cache" / "diffseg")
-    return config_mod.apply_overrides(cfg, {"data.root": str(Path(root).resolve()),
-                                            "data.cache_dir": str(Path(cache).resolve())})
+    return config_mod.apply_overrides(cfg, {"data.root": str(data_root(cfg.data.root).resolve()),
+                                            "data.cache_dir": str(cache_dir(cfg.data.cache_dir).resolve())})
 
 
 def _check_resources(study: Study) -> None:
