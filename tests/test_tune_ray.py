@@ -179,3 +179,10 @@ def test_killed_driver_is_resumed_without_rerunning_completed_trials(ray_cluster
         assert "rank 0 of 2" in (study_dir / "trials" / r["trial_id"] / "train.log").read_text()
     with pytest.raises(ConfigError, match="no study 'nothere'"):
         driver.resume("nothere", storage=str(storage))
+
+
+def test_study_larger_than_the_cluster_is_refused_before_its_folder_exists(ray_cluster, tmp_path):
+    path = write_study(tmp_path / "huge.yaml", resources={"workers": 3})
+    with pytest.raises(ConfigError, match="one trial needs 3 CPUs.*cluster has 2 CPUs"):
+        driver.search(str(path), storage=str(tmp_path / "studies"))
+    assert not (tmp_path / "studies" / "huge").exists()  # the name stays free

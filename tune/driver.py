@@ -45,9 +45,10 @@ def search(study_file: str, overrides: list[str] | None = None, name: str | None
         f"({', '.join(p.key for p in study.space)}), {study.searcher} search, scheduler {study.scheduler}")
     say("checking the data (and building its cache once, before any trial starts)")
     prepare(study.base_config().data, progress=True)
+    # the cluster check comes before the folder exists: a refusal must not take the name
+    _connect(address, study, verbose)
     study_dir.mkdir(parents=True, exist_ok=True)
     (study_dir / "study.yaml").write_text(study.to_yaml())
-    _connect(address, study, verbose)
     tuner = ray.tune.Tuner(trainable(study, study_dir), tune_config=tune_config(study, study_dir),
                            run_config=run_config(study, study_dir))
     return _fit(tuner, study, study_dir)
