@@ -1,4 +1,5 @@
-"""`diffseg bench`: training steps per second and peak memory of each stage, and mask prediction."""
+"""`diffseg bench`: steps per second and peak memory of every method's training step, the paper's
+stage 1 and rounds, and mask prediction."""
 from __future__ import annotations
 
 import json
@@ -11,11 +12,9 @@ import psutil
 import torch
 
 from . import config as config_mod
-from .diffusion import Diffusion
+from .infer import scores
+from .methods import METHODS, Stage, Step, build_method
 from .runtime import local
-from .students import build_student, build_teacher, predict_scores
-from .teacher import cycle_loss
-from .training import cotrain_loss
 
 
 class PeakMemory:
@@ -62,14 +61,12 @@ def timed(fn, steps: int, warmup: int, device) -> tuple[float, int]:
     return steps / elapsed, mem.peak
 
 
-def run_bench(cfg, steps: int = 5, warmup: int = 1, device: str = "auto", log=print) -> dict:
-    rt = local(device, cfg.amp)
-    torch.manual_seed(cfg.seed)
+def run_bench(cfg, steps: int = 5, warmup: int = 1, runtime=None, log=print) -> dict:
+    """Steps per second of one training step of every method (the same batch, size and width),
+    of the paper's stage 1 and rounds, and of mask prediction; ``relative_cost`` is a method's
+    step time over the labeled-only U-Net's, measured side by side in this one run."""
+    rt = runtime or local()
     b, size = cfg.train.batch_size, cfg.data.size
-    diffusion = Diffusion(cfg.diffusion.steps, cfg.diffusion.schedule)
-    teacher = rt.prepare_model(build_teacher(cfg, 3))
-    student = rt.prepare_model(build_student(cfg, 3))
-    opt = torch.optim.Adam(list(teacher.parameters()) + list(student.parameters()), lr=1e-4)
     x = torch.randn(b, 3, size, size, device=rt.device)
     y = (torch.rand(b, size, size, device=rt.device) > 0.5).long()
     rows = []
@@ -79,34 +76,49 @@ def run_bench(cfg, steps: int = 5, warmup: int = 1, device: str = "auto", log=pr
         rows.append({"name": name, "steps_per_s": round(rate, 3), "peak_memory_mb": round(peak / 2**20, 1)} | extra)
         log(f"{name:<40} {rate:8.3f} steps/s  peak {peak / 2**20:9.1f} MB")
 
-    def stage1():
-        with rt.autocast():
-            loss = cycle_loss(teacher, diffusion, x)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    def stepper(c, stage: Stage):
+        torch.manual_seed(c.seed)
+        method = build_method(c, 3, rt.prepare_model)
+        method.train_mode(True)
+        batch = {"labeled": {"image": x, "mask": y}, "unlabeled": {"image": x}, "images": {"image": x}}
+        optimizers = [method.optimizers[n] for n in stage.optimizers]
+        at = Step(0, 0, 1, 1)
 
-    record("stage1", stage1)
+        def one():
+            with rt.autocast():
+                loss, _ = method.loss(stage.name, batch, at)
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for opt in optimizers:
+                opt.step()
+            method.after_step(stage.name, at)
+        return method, one
+
+    for name in METHODS:
+        c = config_mod.apply_overrides(cfg, {"method": name})
+        _, one = stepper(c, METHODS[name].stages[-1])
+        record(f"train step {name}", one, method=name)
+    paper = config_mod.apply_overrides(cfg, {"method": "diffusion_cps"})
+    teacher, stage1 = stepper(paper, METHODS["diffusion_cps"].stages[0])
+    record("diffusion_cps stage1 step", stage1, method="diffusion_cps", stage="pretrain")
     for mode in ("independent", "chained"):
         for rounds in sorted({1, 3, cfg.rounds}):
-            c = config_mod.apply_overrides(cfg, {"rounds": rounds, "round_mode": mode})
-
-            def stage2(c=c):
-                with rt.autocast():
-                    loss, _ = cotrain_loss(teacher, student, diffusion, c, x, y, x, 0)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-
-            record(f"stage2 R={rounds} {mode}", stage2, rounds=rounds, round_mode=mode)
-    teacher.eval()
+            c = config_mod.apply_overrides(paper, {"rounds": rounds, "round_mode": mode})
+            _, one = stepper(c, METHODS["diffusion_cps"].stages[-1])
+            record(f"diffusion_cps R={rounds} {mode}", one, method="diffusion_cps", rounds=rounds, round_mode=mode)
+    base = next(r["steps_per_s"] for r in rows if r["name"] == "train step supervised")
+    for r in rows:
+        if r["name"].startswith("train step"):
+            r["relative_cost"] = round(base / r["steps_per_s"], 2)
+    teacher.train_mode(False)
     for sample_steps in (1, 5, 10):
-        c = config_mod.apply_overrides(cfg, {"diffusion.sample_steps": min(sample_steps, cfg.diffusion.steps)})
+        c = config_mod.apply_overrides(paper, {"diffusion.sample_steps": min(sample_steps, cfg.diffusion.steps)})
 
         @torch.no_grad()
         def predict(c=c):
             with rt.autocast():
-                predict_scores(teacher, x, diffusion, c.diffusion)
+                scores(teacher.networks["teacher"], x, teacher.diffusion, c.diffusion)
 
         record(f"predict sample_steps={sample_steps}", predict, sample_steps=sample_steps)
     hardware = {"device": str(rt.device), "cpu": platform.processor() or platform.machine(),
@@ -114,7 +126,7 @@ def run_bench(cfg, steps: int = 5, warmup: int = 1, device: str = "auto", log=pr
     if rt.device.type == "cuda":
         hardware["gpu"] = torch.cuda.get_device_name(rt.device)
     return {"hardware": hardware, "batch_size": b, "size": size, "width": cfg.model.width,
-            "depth": cfg.model.depth, "amp": cfg.amp and rt.device.type == "cuda", "rows": rows}
+            "depth": cfg.model.depth, "amp": rt.mixed_precision, "rows": rows}
 
 
 def save(result: dict, path: Path) -> None:

@@ -11,59 +11,67 @@ from .errors import DiffsegError
 
 
 def _common(p: argparse.ArgumentParser, config_default: str | None) -> None:
-    p.add_argument("--config", default=config_default, help="YAML file or shipped config name")
+    p.add_argument("--config", default=config_default, required=config_default is None,
+                   help="YAML file or shipped config name (debug, glas, ph2, drive, hmeps, la)")
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="dotted overrides, e.g. --set loss.cps=0.5 data.labeled_ratio=0.1")
-    p.add_argument("--data-root", help="dataset root (default: $DIFFSEG_DATA or ../shared/data)")
+                   help="dotted overrides, e.g. --set method=cps loss.cps=0.5 data.labeled_ratio=0.1")
+    _where(p)
+
+
+def _where(p: argparse.ArgumentParser, device: bool = True) -> None:
+    """Where a run executes: not part of its config (a run resumes elsewhere unchanged)."""
+    p.add_argument("--data-root", default="", help="dataset root (default: $DIFFSEG_DATA or ../shared/data)")
+    p.add_argument("--cache-dir", default="", help="preprocessing cache (default: $DIFFSEG_CACHE or ~/.cache/diffseg)")
+    if device:
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
 
 def _load(args, extra: dict | None = None):
     overrides = dict(config_mod.parse_override(o) for o in args.overrides)
-    if getattr(args, "data_root", None):
-        overrides.setdefault("data.root", args.data_root)
     return config_mod.load(args.config, (extra or {}) | overrides)
+
+
+def _runtime(args):
+    from .runtime import local
+
+    return local(args.device, amp=not getattr(args, "no_amp", False),
+                 num_workers=getattr(args, "loader_workers", 0), data_root=args.data_root, cache_dir=args.cache_dir)
 
 
 def cmd_data_info(args) -> None:
     from .datainfo import format_info, info
 
     cfg = _load(args, {"data.dataset": args.name})
-    print(format_info(info(cfg.data), cfg.data))
+    print(format_info(info(cfg.data, args.data_root, args.cache_dir), cfg.data))
 
 
 def cmd_train(args, extra=None) -> None:
-    from .run import default_run_dir, train
+    from .loop import default_run_dir, fit
 
     cfg = _load(args, extra)
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg)
-    summary = train(cfg, run_dir, pretrained=args.pretrained)
+    summary = fit(cfg, run_dir, _runtime(args), pretrained=args.pretrained)
     print(f"summary: {run_dir / 'summary.json'}")
     print(f"final test dice {summary['test']['dice']:.4f} (val {summary['val']['dice']:.4f})")
 
 
 def cmd_debug(args) -> None:
-    extra = {"data.dataset": args.dataset} if args.dataset else {}
-    if args.device:
-        extra["device"] = args.device
-    cmd_train(args, extra)
+    cmd_train(args, {"data.dataset": args.dataset} if args.dataset else {})
 
 
 def cmd_eval(args) -> None:
+    from .data import Splits, prepare
     from .evaluate import collect, score
-    from .data import prepare, Splits
-    from .diffusion import Diffusion
-    from .run import load_best
-    from .runtime import local
+    from .infer import load_kept
 
     run_dir = Path(args.run_dir)
-    rt = local(args.device)
-    kept = load_best(run_dir, rt.device)
-    cfg = kept["cfg"]
-    data = prepare(cfg.data, Splits.load(run_dir / "splits.json"))
-    probs, gts, fovs = collect(kept["net"], data.dataset(args.split), Diffusion(cfg.diffusion.steps,
-                               cfg.diffusion.schedule), cfg.diffusion, rt, cfg.seed)
-    result = score(probs, gts, fovs, kept["best"]["threshold"], data.source.spacing)
-    result["model"], result["split"] = kept["model"], args.split
+    rt = _runtime(args)
+    kept = load_kept(run_dir, rt.device)
+    data = prepare(kept.cfg.data, Splits.load(run_dir / "splits.json"), root=rt.data_root, cache_dir=rt.cache_dir)
+    probs, gts, fovs = collect(kept.net, data.dataset(args.split), kept.diffusion, kept.cfg.diffusion, rt,
+                               kept.cfg.seed)
+    result = score(probs, gts, fovs, kept.threshold, data.source.spacing)
+    result["method"], result["predictor"], result["split"] = kept.cfg.method, kept.predictor, args.split
     print(json.dumps(result, indent=1))
 
 
@@ -78,9 +86,17 @@ def cmd_bench(args) -> None:
     from .bench import run_bench, save
 
     cfg = _load(args)
-    result = run_bench(cfg, args.steps, device=args.device)
+    result = run_bench(cfg, args.steps, runtime=_runtime(args))
     save(result, Path(args.output))
     print(f"wrote {args.output}")
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run-dir", help="the run folder (default: runs/<name>-<method>-<dataset>-<time>-<pid>); "
+                                      "an existing one of the same config is resumed")
+    p.add_argument("--pretrained", help="pretrained.pt of an earlier stage 1 (skips it)")
+    p.add_argument("--no-amp", action="store_true", help="full precision on CUDA (bf16 autocast otherwise)")
+    p.add_argument("--loader-workers", type=int, default=0, help="data loader worker processes")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -90,27 +106,27 @@ def parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     d = data.add_parser("info", help="counts, sizes, foreground fraction and splits of a dataset")
     d.add_argument("name")
-    _common(d, None)
+    d.add_argument("--config", default=None, help=argparse.SUPPRESS)
+    d.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="e.g. --set data.labeled_ratio=0.05 data.size=64")
+    _where(d, device=False)
     d.set_defaults(fn=cmd_data_info)
 
     dbg = sub.add_parser("debug", help="tiny local run (synthetic data unless --dataset), CPU or one GPU")
     dbg.add_argument("--dataset")
-    dbg.add_argument("--device")
-    dbg.add_argument("--run-dir")
-    dbg.add_argument("--pretrained", help="teacher weights from an earlier stage 1 (skips it)")
+    _run_options(dbg)
     _common(dbg, "debug")
     dbg.set_defaults(fn=cmd_debug)
 
-    tr = sub.add_parser("train", help="a full training run from a config")
-    tr.add_argument("--run-dir")
-    tr.add_argument("--pretrained", help="teacher weights from an earlier stage 1 (skips it)")
+    tr = sub.add_parser("train", help="a full training run from a config (--config is required)")
+    _run_options(tr)
     _common(tr, None)
     tr.set_defaults(fn=cmd_train)
 
     ev = sub.add_parser("eval", help="score a run's kept model on a split")
     ev.add_argument("run_dir")
     ev.add_argument("--split", choices=("val", "test"), default="test")
-    ev.add_argument("--device", default="auto")
+    _where(ev)
     ev.set_defaults(fn=cmd_eval)
 
     pr = sub.add_parser("predict", help="mask PNGs for a folder of images")
@@ -123,7 +139,7 @@ def parser() -> argparse.ArgumentParser:
 
     be = sub.add_parser("bench", help="steps/s and peak memory of each stage and of mask prediction")
     be.add_argument("--steps", type=int, default=5)
-    be.add_argument("--device", default="auto")
+    be.add_argument("--no-amp", action="store_true", help="full precision on CUDA")
     be.add_argument("--output", default="experiments/results/bench.json")
     _common(be, "debug")
     be.set_defaults(fn=cmd_bench)

@@ -21,16 +21,13 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "experiments" / "configs"
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = "synthetic"
-    root: str = ""  # empty: $DIFFSEG_DATA, else ../shared/data beside the project
     size: int = 128  # 2D images are resized to size x size
     val_ratio: float = 0.15
     labeled_ratio: float = 0.1
     labeled_count: int = 0  # > 0 overrides labeled_ratio
     split_seed: int = 0
-    cache_dir: str = ""  # empty: $DIFFSEG_CACHE, else ~/.cache/diffseg
     augment: bool = True
     intensity_jitter: float = 0.0  # 0 disables brightness/contrast jitter
-    num_workers: int = 0
     synthetic_count: int = 48  # images made by the synthetic dataset
     synthetic_kind: str = "glands"  # glands | lesions
 
@@ -48,6 +45,9 @@ class ModelConfig:
     width: int = 64
     depth: int = 4  # number of down-sampling stages
     dropout: bool = True
+    # the network a method trains: "twin" is the U-Net of the teacher's mask pathway (the paper's
+    # student; a plain U-Net of the same width and depth, no time input, for the baselines);
+    # "timm" a U-Net decoder on a timm encoder
     student: str = "twin"  # twin | timm
     timm_encoder: str = "resnet18"
     timm_weights: str = ""  # local weights file for the timm encoder; never downloaded
@@ -58,7 +58,32 @@ class LossConfig:
     cps: float = 1.0  # cross pseudo supervision
     align: float = 1.0  # w for the round alignment terms
     rec: float = 1.0  # w for the round reconstruction terms
-    unlabeled: float = 1.0  # lambda_u, ramped linearly over the epochs
+    unlabeled: float = 1.0  # lambda_u, ramped linearly over loss.ramp_epochs
+    # epochs over which every method ramps its unlabeled-loss weight up to full;
+    # 0 = all stage-2 epochs (the paper's ramp, and SSL4MIS's for the baselines)
+    ramp_epochs: int = 0
+
+
+@dataclass(frozen=True)
+class MeanTeacherConfig:
+    """Mean Teacher and UA-MT; defaults from SSL4MIS's 2D scripts (train_mean_teacher_2D.py,
+    train_uncertainty_aware_mean_teacher_2D.py)."""
+    ema_decay: float = 0.99
+    consistency: float = 0.1  # weight of the consistency term, ramped by a sigmoid
+    noise: float = 0.1  # std of the Gaussian noise on the EMA network's input (clipped at 2x)
+
+
+@dataclass(frozen=True)
+class UncertaintyConfig:
+    """UA-MT's uncertainty mask (SSL4MIS: 8 stochastic passes, threshold ramped 0.75 -> 1 of ln 2)."""
+    passes: int = 8
+    threshold_start: float = 0.75  # fraction of the maximal entropy ln(K) at the start of the ramp
+
+
+@dataclass(frozen=True)
+class CPSConfig:
+    """Cross pseudo supervision of two networks (SSL4MIS's train_cross_pseudo_supervision_2D.py)."""
+    consistency: float = 0.1  # weight of the two cross cross-entropy terms, ramped by a sigmoid
 
 
 @dataclass(frozen=True)
@@ -69,14 +94,15 @@ class StageConfig:
     warmup_epochs: int = 20
     decay_every: int = 50  # halve the learning rate every N epochs after warm-up
     iters_per_epoch: int = 0  # 0: stage default (see METHOD.md)
+    # adam (the paper's) or sgd (momentum 0.9, weight decay 1e-4: SSL4MIS's baselines)
+    optimizer: str = "adam"
 
 
 @dataclass(frozen=True)
 class Config:
     name: str = "run"
+    method: str = "diffusion_cps"  # see diffseg/methods/__init__.py
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # mixed precision on CUDA (bf16 where supported); ignored on CPU
     protocol: str = "standard"  # standard (validation selects) | paper (test selects)
     rounds: int = 3  # R
     round_mode: str = "independent"  # independent | chained
@@ -84,15 +110,30 @@ class Config:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    mean_teacher: MeanTeacherConfig = field(default_factory=MeanTeacherConfig)
+    ua_mt: UncertaintyConfig = field(default_factory=UncertaintyConfig)
+    cps: CPSConfig = field(default_factory=CPSConfig)
     pretrain: StageConfig = field(default_factory=StageConfig)
     train: StageConfig = field(default_factory=lambda: StageConfig(lr=0.01))
 
+
+# Where a run executes is not a hyperparameter: these keys moved to the command line (and to the
+# Runtime), so a run resumes on another machine or data path and trials carry no driver paths.
+MOVED = {
+    "device": "--device (diffseg) or the Ray workers' own device",
+    "amp": "--no-amp to turn mixed precision off on CUDA",
+    "data.root": "--data-root or $DIFFSEG_DATA",
+    "data.cache_dir": "--cache-dir or $DIFFSEG_CACHE",
+    "data.num_workers": "--loader-workers",
+}
 
 CHOICES = {
     "data.synthetic_kind": ("glands", "lesions"),
     "diffusion.schedule": ("sigmoid", "linear", "cosine"),
     "model.student": ("twin", "timm"),
     "protocol": ("standard", "paper"),
+    "pretrain.optimizer": ("adam", "sgd"),
+    "train.optimizer": ("adam", "sgd"),
     "round_mode": ("independent", "chained"),
 }
 
@@ -140,8 +181,7 @@ def _build(cls, data: dict, prefix: str = ""):
     for key, value in data.items():
         dotted = prefix + str(key)
         if key not in names:
-            section = prefix.rstrip(".") or "<top level>"
-            raise ConfigError(f"unknown config key '{dotted}'; valid keys in {section}: {', '.join(names)}")
+            _unknown(dotted, prefix, names)
         typ = hints[key]
         if is_dataclass(typ):
             kwargs[key] = _build(typ, value, dotted + ".")
@@ -150,22 +190,33 @@ def _build(cls, data: dict, prefix: str = ""):
     return cls(**kwargs)
 
 
+def _unknown(dotted: str, prefix: str, names: list[str]):
+    if dotted in MOVED:
+        raise ConfigError(f"'{dotted}' is no longer a config key: where a run executes is not a "
+                          f"hyperparameter; use {MOVED[dotted]}")
+    section = prefix.rstrip(".") or "<top level>"
+    raise ConfigError(f"unknown config key '{dotted}'; valid keys in {section}: {', '.join(names)}")
+
+
 def validate(cfg: Config) -> Config:
     """Value checks that the types alone cannot express."""
+    from .methods import METHODS  # the one table of methods (imports no config: no cycle)
+
     flat = to_flat(cfg)
-    for key, allowed in CHOICES.items():
+    for key, allowed in CHOICES.items() | {"method": tuple(METHODS)}.items():
         if flat[key] not in allowed:
             raise ConfigError(f"config key '{key}' = {flat[key]!r}; choose one of {', '.join(allowed)}")
     positive = ["data.size", "diffusion.steps", "diffusion.sample_steps", "model.width", "model.depth",
-                "rounds", "pretrain.batch_size", "train.batch_size", "data.synthetic_count"]
+                "rounds", "pretrain.batch_size", "train.batch_size", "data.synthetic_count", "ua_mt.passes"]
     for key in positive:
         if flat[key] < 1:
             raise ConfigError(f"config key '{key}' must be >= 1, got {flat[key]}")
-    for key in ["data.val_ratio", "data.labeled_ratio"]:
+    for key in ["data.val_ratio", "data.labeled_ratio", "mean_teacher.ema_decay", "ua_mt.threshold_start"]:
         if not 0.0 <= flat[key] < 1.0 + 1e-9:
             raise ConfigError(f"config key '{key}' must be in [0, 1], got {flat[key]}")
     for key in ["pretrain.epochs", "train.epochs", "pretrain.lr", "train.lr", "data.labeled_count",
-                "data.num_workers", "loss.cps", "loss.align", "loss.rec", "loss.unlabeled",
+                "loss.cps", "loss.align", "loss.rec", "loss.unlabeled",
+                "loss.ramp_epochs", "mean_teacher.consistency", "mean_teacher.noise", "cps.consistency",
                 "data.intensity_jitter", "pretrain.iters_per_epoch", "train.iters_per_epoch"]:
         if flat[key] < 0:
             raise ConfigError(f"config key '{key}' must be >= 0, got {flat[key]}")
@@ -238,8 +289,7 @@ def _merge(obj, changes: dict, prefix: str = ""):
     for key, value in changes.items():
         dotted = prefix + key
         if key not in names:
-            section = prefix.rstrip(".") or "<top level>"
-            raise ConfigError(f"unknown config key '{dotted}'; valid keys in {section}: {', '.join(names)}")
+            _unknown(dotted, prefix, names)
         current = getattr(obj, key)
         if is_dataclass(current):
             kwargs[key] = _merge(current, value if isinstance(value, dict) else _not_section(dotted, value),

@@ -8,15 +8,15 @@ from . import data as data_mod
 from .data import cache, sources
 
 
-def info(data_cfg) -> dict:
-    source = sources.open_source(data_cfg)
+def info(data_cfg, root: str = "", cache_dir: str = "") -> dict:
+    source = sources.open_source(data_cfg, root)
     splits = data_mod.torchdata.make_run_splits(source, data_cfg)
     out = {"dataset": source.dataset, "root": str(source.root) if source.root else "(generated)",
            "dim": source.dim, "channels": source.channels,
            "official": {"train": len(source.names("train")), "test": len(source.names("test"))},
            "splits": splits.counts(), "notes": source.notes}
     if source.dim == 2:
-        path = cache.ensure(source, data_cfg.size, data_cfg.cache_dir)
+        path = cache.ensure(source, data_cfg.size, cache_dir)
         with h5py.File(path, "r") as fh:
             shapes, fg = fh["orig_shape"][()], fh["foreground"][()]
         out["cache"] = str(path)

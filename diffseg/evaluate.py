@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from .metrics import SetMetrics
-from .students import predict_scores
+from .infer import scores as predict_scores
 
 THRESHOLDS = np.round(np.arange(0.0, 0.9 + 1e-9, 0.02), 2)
 
@@ -51,3 +51,22 @@ def score(probs, gts, fovs, threshold: float, spacing=None, surface: bool = True
     out = metrics.result()
     out["threshold"] = threshold
     return out
+
+
+def label_free_dice(probs, gts, fovs) -> float:
+    """Pooled Dice of a mask learnt without labels: it may call the foreground either of its two
+    channels, so the better of (p > 0.5) and (p <= 0.5) counts. A readout only, never a loss."""
+    gt = gts & fovs
+    best = 0.0
+    for pred in ((probs > 0.5) & fovs, (probs <= 0.5) & fovs):
+        denom = pred.sum() + gt.sum()
+        best = max(best, 1.0 if denom == 0 else float(2 * np.logical_and(pred, gt).sum() / denom))
+    return best
+
+
+def all_foreground_dice(gts, fovs) -> float:
+    """Pooled Dice of predicting foreground everywhere (inside the field of view): the floor a
+    model must beat to carry any signal."""
+    gt = gts & fovs
+    denom = fovs.sum() + gt.sum()
+    return 1.0 if denom == 0 else float(2 * gt.sum() / denom)

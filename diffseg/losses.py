@@ -1,4 +1,4 @@
-"""Loss terms of both stages."""
+"""Loss terms shared by the methods."""
 from __future__ import annotations
 
 import torch
@@ -23,6 +23,11 @@ def dice_loss(scores: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> 
     return 1 - ((2 * inter + eps) / (denom + eps)).mean()
 
 
-def ramp(epoch: int, epochs: int, weight: float) -> float:
-    """lambda(e) = lambda_u * (e + 1) / epochs."""
-    return weight * (epoch + 1) / max(epochs, 1)
+def dice_ce(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The baselines' supervised loss, as in SSL4MIS: (cross-entropy + soft Dice) / 2."""
+    return 0.5 * (F.cross_entropy(scores.float(), mask.long()) + dice_loss(scores, one_hot(mask, scores.shape[1])))
+
+
+def softmax_mse(scores: torch.Tensor, target_scores: torch.Tensor) -> torch.Tensor:
+    """Element-wise squared difference of the two softmax maps (B, K, H, W); the target is detached."""
+    return (scores.float().softmax(1) - target_scores.detach().float().softmax(1)) ** 2

@@ -9,11 +9,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .data.sources import IMAGE_EXTS, read_image
-from .diffusion import Diffusion
 from .errors import DataError
-from .run import load_best
+from .data.torchdata import normalise
+from .infer import load_kept
 from .runtime import local
-from .students import predict_scores
 
 
 @torch.no_grad()
@@ -24,24 +23,21 @@ def predict_folder(run_dir, input_dir, output_dir, probabilities: bool = False, 
     if not files:
         raise DataError(f"no images ({', '.join(IMAGE_EXTS)}) in input folder {input_dir}")
     rt = local(device)
-    kept = load_best(run_dir, rt.device)
-    cfg, net, threshold = kept["cfg"], kept["net"], kept["best"]["threshold"]
-    diffusion = Diffusion(cfg.diffusion.steps, cfg.diffusion.schedule)
-    mean = torch.as_tensor(kept["mean"], dtype=torch.float32)[:, None, None]
-    std = torch.as_tensor(kept["std"], dtype=torch.float32)[:, None, None]
-    gen = torch.Generator(device=rt.device).manual_seed(cfg.seed)
+    kept = load_kept(run_dir, rt.device)
+    size = kept.cfg.data.size
+    gen = torch.Generator(device=rt.device).manual_seed(kept.cfg.seed)
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for i, path in enumerate(files):
-        image = read_image(path, kept["channels"])
+        image = read_image(path, kept.channels)
         h, w = image.shape[:2]
         x = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)[None] / 255.0
-        x = F.interpolate(x, size=(cfg.data.size,) * 2, mode="bilinear", align_corners=False)
-        x = ((x - mean) / std).to(rt.device)
-        prob = predict_scores(net, x, diffusion, cfg.diffusion, gen).float().softmax(1)[:, 1:2]
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        x = normalise(x, kept.mean, kept.std).to(rt.device)
+        prob = kept.scores(x, gen).float().softmax(1)[:, 1:2]
         prob = F.interpolate(prob.cpu(), size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
         out = output_dir / f"{path.stem}.png"
-        Image.fromarray(((prob > threshold) * 255).astype(np.uint8)).save(out)
+        Image.fromarray(((prob > kept.threshold) * 255).astype(np.uint8)).save(out)
         written.append(out)
         if probabilities:
             prob_path = output_dir / f"{path.stem}_prob.png"

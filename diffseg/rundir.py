@@ -8,7 +8,6 @@ import platform
 import subprocess
 import sys
 import time
-import uuid
 from importlib import metadata
 from pathlib import Path
 
@@ -43,13 +42,6 @@ def environment(device: torch.device) -> dict:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
-
-
-def atomic_save(obj, path: Path) -> None:
-    """torch.save to a temporary name, then rename: a kill never leaves half a checkpoint."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _clean(value):
@@ -96,8 +88,8 @@ class RunDir:
 
     def truncate_log(self, stage: str, epoch: int) -> None:
         """On resume drop records the checkpoint does not cover (written after it by a killed run)."""
-        # "done": every training epoch is kept, the final record is written again
-        order = {"pretrain": 0, "train": 1, "done": 1, "final": 2}
+        # stages run in this order; "done": every epoch is kept, the final record is written again
+        order = {"pretrain": 0, "train": 1, "done": 2, "final": 2}
         keep = [r for r in self.records()
                 if (order.get(r.get("stage"), 3), r.get("epoch", 0)) < (order[stage], epoch)]
         (self.path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keep))

@@ -32,7 +32,11 @@ class Runtime:
     world_size: int = 1
     amp: bool = True
     report: Callable[[dict, Path | None], None] = field(default=lambda metrics, checkpoint: None)
-    num_workers: int = 0
+    num_workers: int = 0  # data loader worker processes
+    # where the data and the preprocessing cache are on this machine; empty: $DIFFSEG_DATA /
+    # $DIFFSEG_CACHE, else the defaults (see diffseg.data)
+    data_root: str = ""
+    cache_dir: str = ""
 
     @property
     def is_main(self) -> bool:
@@ -42,9 +46,17 @@ class Runtime:
     def distributed(self) -> bool:
         return self.world_size > 1 and dist.is_available() and dist.is_initialized()
 
+    @property
+    def mixed_precision(self) -> bool:
+        return self.amp and self.device.type == "cuda"
+
+    def numerics(self) -> dict:
+        """What of the runtime changes the numbers a run computes (part of a stage-1 key)."""
+        return {"workers": self.world_size, "device": self.device.type, "amp": self.mixed_precision}
+
     # -- mixed precision: bf16 where supported, never on CPU
     def autocast(self):
-        if self.amp and self.device.type == "cuda":
+        if self.mixed_precision:
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
             return torch.autocast("cuda", dtype=dtype)
         return contextlib.nullcontext()
@@ -67,15 +79,15 @@ class Runtime:
                           persistent_workers=False)
 
     # -- collective operations; no-ops in a single process
-    def sync_gradients(self, *modules: nn.Module) -> None:
+    def sync_gradients(self, params) -> None:
+        """Average the gradients of ``params`` (what the stepped optimizers hold) over the ranks."""
         if not self.distributed:
             return
-        for module in modules:
-            for p in module.parameters():
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)  # every rank must join every all_reduce
-                dist.all_reduce(p.grad)
-                p.grad /= self.world_size
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)  # every rank must join every all_reduce
+            dist.all_reduce(p.grad)
+            p.grad /= self.world_size
 
     def broadcast_state(self, module: nn.Module) -> None:
         """Rank 0's parameters and buffers (BatchNorm statistics) to every rank."""
@@ -92,5 +104,7 @@ class Runtime:
         return float(t) / self.world_size
 
 
-def local(device: str = "auto", amp: bool = True, num_workers: int = 0) -> Runtime:
-    return Runtime(device=pick_device(device), amp=amp, num_workers=num_workers)
+def local(device: str = "auto", amp: bool = True, num_workers: int = 0, data_root: str = "",
+          cache_dir: str = "") -> Runtime:
+    return Runtime(device=pick_device(device), amp=amp, num_workers=num_workers, data_root=data_root or "",
+                   cache_dir=cache_dir or "")

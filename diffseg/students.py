@@ -1,4 +1,5 @@
-"""Students: the teacher's twin (mask pathway only) or a U-Net on any timm encoder."""
+"""Network factories: the diffusion teacher, the paper's twin student, the baselines' U-Net, and a
+U-Net on any timm encoder (for every method)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,9 +8,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .diffusion import Diffusion
 from .errors import ConfigError
-from .nets import DiffusionSegmenter, conv_block, scores_from_x0
+from .nets import DiffusionSegmenter, UNet, conv_block
 
 
 class TimmUNet(nn.Module):
@@ -54,13 +54,13 @@ def build_student(cfg, channels: int, classes: int = 2) -> nn.Module:
     m = cfg.model
     if m.student == "twin":
         return DiffusionSegmenter(channels, classes, m.width, m.depth, m.dropout, image_pathway=False)
+    return build_segmenter(cfg, channels, classes)
+
+
+def build_segmenter(cfg, channels: int, classes: int = 2) -> nn.Module:
+    """The baselines' network: the paper's student U-Net (same width and depth) without the time
+    input or the noisy-mask channels, so comparisons are at equal width; or the timm U-Net."""
+    m = cfg.model
+    if m.student == "twin":
+        return UNet(channels, classes, m.width, m.depth, m.dropout, time_embedding=False)
     return TimmUNet(m.timm_encoder, channels, classes, m.timm_weights)
-
-
-def predict_scores(model: nn.Module, x: torch.Tensor, diffusion: Diffusion, dcfg,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
-    """Class scores (B, K, H, W) of any segmenter; softmax gives the probabilities."""
-    if isinstance(model, DiffusionSegmenter):
-        y0 = diffusion.predict_mask(model.mask, x, model.classes, dcfg.sample_steps, dcfg.start_t, generator)
-        return scores_from_x0(y0)
-    return model(x)

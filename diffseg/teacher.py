@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from .diffusion import Diffusion
 from .nets import DiffusionSegmenter, scores_from_x0
-from .students import predict_scores
+from .infer import scores as predict_scores
 
 
 def cycle_loss(teacher: DiffusionSegmenter, diffusion: Diffusion, x: torch.Tensor) -> torch.Tensor:

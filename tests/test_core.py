@@ -9,9 +9,11 @@ from diffseg import config, losses
 from diffseg.diffusion import Diffusion, make_betas
 from diffseg.errors import ConfigError
 from diffseg.nets import DiffusionSegmenter
-from diffseg.students import TimmUNet, build_student, build_teacher, predict_scores
+from diffseg.infer import scores as predict_scores
+from diffseg.loop import lr_at
+from diffseg.methods import Step, build_method
+from diffseg.students import TimmUNet, build_student, build_teacher
 from diffseg.teacher import cycle_loss, rounds
-from diffseg.training import cotrain_loss, lr_at
 
 
 @pytest.mark.parametrize("schedule", ["sigmoid", "linear", "cosine"])
@@ -119,9 +121,10 @@ def test_round_conditioning(tiny_cfg, mode):
 
 def test_cotrain_loss_trains_both_networks_and_logs_terms(tiny_cfg):
     torch.manual_seed(0)
-    teacher, student = build_teacher(tiny_cfg, 3), build_student(tiny_cfg, 3)
+    method = build_method(tiny_cfg, 3)
+    teacher, student = method.networks["teacher"], method.networks["student"]
     x, y = torch.randn(2, 3, 32, 32), (torch.rand(2, 32, 32) > 0.5).long()
-    loss, terms = cotrain_loss(teacher, student, Diffusion(50), tiny_cfg, x, y, x, epoch=0)
+    loss, terms = method.cotrain_loss(x, y, x, Step(0, 0, 2, tiny_cfg.train.epochs))
     loss.backward()
     for net in (teacher.mask, teacher.image, student.mask):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
@@ -142,7 +145,7 @@ def test_core_imports_with_ray_and_optuna_blocked():
         "import diffseg\n"
         "names = [m.name for m in pkgutil.walk_packages(diffseg.__path__, 'diffseg.')]\n"
         "[importlib.import_module(n) for n in names if not n.endswith('__main__')]\n"
-        "assert 'diffseg.run' in names and 'diffseg.cli' in names, names\n"
+        "assert 'diffseg.loop' in names and 'diffseg.methods.cps' in names and 'diffseg.cli' in names, names\n"
         "print(len(names))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -15,16 +15,14 @@ from diffseg.errors import DataError
 from helpers import make_folder_dataset, write_pair
 
 
-def data_cfg(dataset, root=None, **kw):
+def data_cfg(dataset, **kw):
     overrides = {"data.dataset": dataset, "data.size": 32} | {f"data.{k}": v for k, v in kw.items()}
-    if root is not None:
-        overrides["data.root"] = str(root)
     return config.load(None, overrides).data
 
 
 # ---------------------------------------------------------------- real data
 def test_glas_official_split_and_info(shared_data, capsys):
-    src = sources.open_source(data_cfg("glas", shared_data))
+    src = sources.open_source(data_cfg("glas"), shared_data)
     assert len(src.names("train")) == 85 and len(src.names("test")) == 80
     assert cli.main(["data", "info", "glas", "--data-root", str(shared_data)]) == 0
     out = capsys.readouterr().out
@@ -33,21 +31,21 @@ def test_glas_official_split_and_info(shared_data, capsys):
 
 
 def test_ph2_drive_la_real(shared_data):
-    ph2 = sources.open_source(data_cfg("ph2", shared_data))
+    ph2 = sources.open_source(data_cfg("ph2"), shared_data)
     assert len(ph2.items) == 200 and len(ph2.names("test")) == 20
-    drive = sources.open_source(data_cfg("drive", shared_data))
+    drive = sources.open_source(data_cfg("drive"), shared_data)
     assert len(drive.names("train")) == 20 and len(drive.names("test")) == 20
     assert all(it.fov is not None for it in drive.items)
     image, mask, fov = drive.read(drive.items[0])
     assert image.shape == (584, 565, 3) and fov.shape == mask.shape and set(np.unique(mask)) <= {0, 1}
-    la = sources.open_source(data_cfg("la", shared_data))
+    la = sources.open_source(data_cfg("la"), shared_data)
     assert la.dim == 3 and len(la.names("train")) == 16 and len(la.names("test")) == 20
     vol, lab, _ = la.read(la.items[0])
     assert vol.ndim == 3 and vol.shape[2] == 88 and lab.shape == vol.shape and 0 < lab.mean() < 0.5
 
 
 def test_real_prepare_caches_resized_images(shared_data):
-    data = prepare(data_cfg("glas", shared_data))
+    data = prepare(data_cfg("glas"), root=shared_data)
     item = data.dataset("labeled")[0]
     assert item["image"].shape == (3, 32, 32) and item["mask"].shape == (32, 32)
     assert abs(float(item["image"].mean())) < 3 and 0 < float(item["mask"].float().mean()) < 1
@@ -62,7 +60,7 @@ def test_glas_warwick_release_layout(tmp_path):
         inst = np.zeros((16, 20), np.uint8)
         inst[:4], inst[8:12] = 1, 7  # instance ids
         Image.fromarray(inst).save(root / f"{name}_anno.bmp")
-    src = sources.open_source(data_cfg("glas", tmp_path))
+    src = sources.open_source(data_cfg("glas"), tmp_path)
     assert sorted(src.names("test")) == ["testA_1", "testB_1"] and len(src.names("train")) == 3
     _, mask, _ = src.read(src.items[0])
     assert set(np.unique(mask)) == {0, 1} and mask.sum() == 8 * 20
@@ -74,7 +72,7 @@ def test_ph2_official_layout(tmp_path):
         n = f"IMD{i:03d}"
         write_pair(base / n / f"{n}_Dermoscopic_Image", base / n / f"{n}_lesion", n, ext=".bmp")
         (base / n / f"{n}_lesion" / f"{n}.bmp").rename(base / n / f"{n}_lesion" / f"{n}_lesion.bmp")
-    src = sources.open_source(data_cfg("ph2", tmp_path))
+    src = sources.open_source(data_cfg("ph2"), tmp_path)
     assert len(src.items) == 12 and len(src.names("test")) == 1
     src.read(src.items[0])
 
@@ -83,14 +81,14 @@ def test_hmeps_and_folder_layouts(tmp_path):
     for split, n in (("train", 6), ("val", 2)):
         for i in range(n):
             write_pair(tmp_path / "hmeps" / split / "image", tmp_path / "hmeps" / split / "mask", f"{split}{i}")
-    src = sources.open_source(data_cfg("hmeps", tmp_path))
+    src = sources.open_source(data_cfg("hmeps"), tmp_path)
     assert src.channels == 1 and len(src.names("train")) == 6 and len(src.names("test")) == 2
     assert src.read(src.items[0])[0].shape[-1] == 1
     with_csv = make_folder_dataset(tmp_path / "f1", 10, splits_csv=True)
-    src = sources.open_source(data_cfg("folder", with_csv))
+    src = sources.open_source(data_cfg("folder"), with_csv)
     assert len(src.names("test")) == 3
     plain = make_folder_dataset(tmp_path / "f2", 10)
-    assert len(sources.open_source(data_cfg("folder", plain)).names("test")) == 2
+    assert len(sources.open_source(data_cfg("folder"), plain).names("test")) == 2
 
 
 def test_synthetic_is_textured_and_deterministic():
@@ -140,18 +138,18 @@ def test_missing_mask_names_the_image(tmp_path):
     root = make_folder_dataset(tmp_path / "d", 4)
     (root / "masks" / "img2.png").unlink()
     with pytest.raises(DataError, match=r"no mask for image .*img2\.png"):
-        sources.open_source(data_cfg("folder", root))
+        sources.open_source(data_cfg("folder"), root)
 
 
 def test_size_mismatch_and_non_binary_mask_name_the_file(tmp_path):
     root = make_folder_dataset(tmp_path / "d", 4)
     write_pair(root / "images", root / "masks", "img1", mask_size=(10, 10))
     with pytest.raises(DataError, match=r"size mismatch for 'img1'.*24x20.*10x10"):
-        prepare(data_cfg("folder", root))
+        prepare(data_cfg("folder"), root=root)
     root2 = make_folder_dataset(tmp_path / "e", 4)
     write_pair(root2 / "images", root2 / "masks", "img3", mask_values=(0, 128))
     with pytest.raises(DataError, match=r"img3\.png is not binary: values 0, 128"):
-        prepare(data_cfg("folder", root2))
+        prepare(data_cfg("folder"), root=root2)
 
 
 def test_truncated_image_and_empty_dataset(tmp_path):
@@ -159,12 +157,12 @@ def test_truncated_image_and_empty_dataset(tmp_path):
     path = root / "images" / "img0.png"
     path.write_bytes(path.read_bytes()[:60])
     with pytest.raises(DataError, match=r"cannot read image file .*img0\.png"):
-        prepare(data_cfg("folder", root))
+        prepare(data_cfg("folder"), root=root)
     empty = tmp_path / "empty"
     (empty / "images").mkdir(parents=True)
     (empty / "masks").mkdir()
     with pytest.raises(DataError, match="is empty"):
-        sources.open_source(data_cfg("folder", empty))
+        sources.open_source(data_cfg("folder"), empty)
     with pytest.raises(DataError, match="unknown dataset 'glass'"):
         sources.open_source(data_cfg("glas").__class__(dataset="glass"))
 
@@ -174,30 +172,30 @@ def test_bad_file_leaves_no_cache_behind(tmp_path):
     write_pair(root / "images", root / "masks", "img3", mask_values=(0, 7))
     directory = tmp_path / "cache"
     with pytest.raises(DataError):
-        prepare(data_cfg("folder", root, cache_dir=str(directory)))
+        prepare(data_cfg("folder"), root=root, cache_dir=str(directory))
     assert not list(directory.glob("*"))
 
 
 # ---------------------------------------------------------------- cache
 def test_cache_reused_rebuilt_on_change_and_when_corrupt(tmp_path):
     root = make_folder_dataset(tmp_path / "d", 5)
-    cfg = data_cfg("folder", root, cache_dir=str(tmp_path / "c"))
-    first = prepare(cfg).cache_path
+    cfg, where = data_cfg("folder"), {"root": root, "cache_dir": str(tmp_path / "c")}
+    first = prepare(cfg, **where).cache_path
     stamp = first.stat().st_mtime_ns
-    assert prepare(cfg).cache_path == first and first.stat().st_mtime_ns == stamp  # reused
+    assert prepare(cfg, **where).cache_path == first and first.stat().st_mtime_ns == stamp  # reused
     write_pair(root / "images", root / "masks", "img9")  # sources change -> new fingerprint
-    second = prepare(cfg).cache_path
+    second = prepare(cfg, **where).cache_path
     assert second != first
     with h5py.File(second) as fh:
         assert fh["images"].shape == (6, 32, 32, 3)
     second.write_bytes(second.read_bytes()[: second.stat().st_size // 2])  # truncate
     assert not cache.is_valid(second, 6)
-    assert prepare(cfg).cache_path == second and cache.is_valid(second, 6)
+    assert prepare(cfg, **where).cache_path == second and cache.is_valid(second, 6)
 
 
 def test_dataset_opens_file_once_per_process_and_pickles_without_handle(tmp_path):
     root = make_folder_dataset(tmp_path / "d", 6)
-    data = prepare(data_cfg("folder", root))
+    data = prepare(data_cfg("folder"), root=root)
     ds = data.dataset("labeled" if data.splits.labeled else "unlabeled")
     ds[0]
     handle = ds._fh

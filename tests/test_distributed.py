@@ -24,20 +24,20 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str, tiny: dict | No
         x = torch.full((4, 3), float(rank + 1))
         net(x).sum().backward()
         out["own_grad"] = net.weight.grad.flatten().tolist()
-        rt.sync_gradients(net)
+        rt.sync_gradients(net.parameters())
         out["synced_grad"] = net.weight.grad.flatten().tolist()
         loader = rt.loader(list(range(10)), 2, shuffle=True, seed=0, epoch=3)
         out["shard"] = [int(i) for batch in loader for i in batch]
         out["mean"] = rt.mean(float(rank))
         if tiny is not None:
             from diffseg import config
-            from diffseg.run import Trainer
+            from diffseg.loop import Loop
 
             cfg = config.from_dict(tiny)
-            trainer = Trainer(cfg, f"{out_dir}/run", rt, log=lambda m: None)
-            trainer.fit()
-            out["teacher"] = [float(p.detach().sum()) for p in trainer.teacher.parameters()]
-            out["student"] = [float(p.detach().sum()) for p in trainer.student.parameters()]
+            loop = Loop(cfg, f"{out_dir}/run", rt, log=lambda m: None)
+            loop.fit()
+            for name, net in loop.method.networks.items():
+                out[name] = [float(p.detach().sum()) for p in net.parameters()]
         with open(f"{out_dir}/rank{rank}.json", "w") as fh:
             json.dump(out, fh)
     finally:

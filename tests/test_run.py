@@ -8,7 +8,7 @@ from PIL import Image
 from diffseg import cli, config
 from diffseg.data import prepare
 from diffseg.errors import ConfigError
-from diffseg.run import Trainer, train
+from diffseg.loop import Loop, fit as train
 from diffseg.runtime import Runtime
 
 
@@ -27,7 +27,7 @@ def test_run_directory_contents_and_determinism(tiny_cfg, tmp_path):
     assert without_time(train_records(tmp_path / "a")) == without_time(train_records(tmp_path / "b"))
     run = tmp_path / "a"
     for name in ("config.yaml", "environment.json", "splits.json", "metrics.jsonl", "summary.json",
-                 "teacher_pretrained.pt", "checkpoints/last.pt", "checkpoints/best.pt"):
+                 "pretrained.pt", "checkpoints/last.pt", "checkpoints/best.pt"):
         assert (run / name).exists(), name
     assert config.load(run / "config.yaml") == tiny_cfg
     env = json.loads((run / "environment.json").read_text())
@@ -37,7 +37,10 @@ def test_run_directory_contents_and_determinism(tiny_cfg, tmp_path):
     assert stages == ["pretrain"] + ["train"] * 2 + ["final"]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["protocol"] == "standard" and {"dice", "jaccard", "hd95_mean", "asd_mean"} <= set(summary["test"])
-    assert summary["selected"]["model"] in ("teacher", "student")
+    assert summary["selected"]["predictor"] in ("teacher", "student") and summary["method"] == "diffusion_cps"
+    # stage 1 shows whether it learned: the label-free teacher mask beside the all-foreground Dice
+    pre = [r for r in train_records(run) if r["stage"] == "pretrain"]
+    assert 0 <= pre[0]["val_dice_unsupervised"] <= 1 and 0 < pre[0]["val_dice_all_foreground"] <= 1
 
 
 class Killed(Exception):
@@ -53,7 +56,7 @@ def test_resume_equals_uninterrupted(tiny_cfg, tmp_path):
             raise Killed
 
     with pytest.raises(Killed):
-        Trainer(cfg, tmp_path / "cut", Runtime(report=kill_after_first_epoch), log=lambda m: None).fit()
+        Loop(cfg, tmp_path / "cut", Runtime(report=kill_after_first_epoch), log=lambda m: None).fit()
     # a record written after the checkpoint by the killed process must not be duplicated
     with open(tmp_path / "cut" / "metrics.jsonl", "a") as fh:
         fh.write(json.dumps({"stage": "train", "epoch": 1, "loss": 123.0}) + "\n")
@@ -70,12 +73,12 @@ def test_run_killed_after_its_last_epoch_resumes_to_the_end(tiny_cfg, tmp_path):
     def kill_in_finish(*args, **kwargs):
         raise Killed
 
-    trainer = Trainer(tiny_cfg, tmp_path / "r", log=lambda m: None)
-    trainer.finish = kill_in_finish
+    loop = Loop(tiny_cfg, tmp_path / "r", log=lambda m: None)
+    loop.finish = kill_in_finish
     with pytest.raises(Killed):
-        trainer.fit()
+        loop.fit()
     reports = []
-    summary = Trainer(tiny_cfg, tmp_path / "r", Runtime(report=lambda m, c: reports.append(m)),
+    summary = Loop(tiny_cfg, tmp_path / "r", Runtime(report=lambda m, c: reports.append(m)),
                       log=lambda m: None).fit()
     assert [r["epoch"] for r in reports] == [tiny_cfg.train.epochs]
     assert summary["test"]["dice"] >= 0
@@ -102,9 +105,15 @@ def test_bad_data_fails_before_the_run_directory_is_written(tmp_path):
 
 def test_paper_protocol_says_so(tiny_cfg, tmp_path):
     cfg = config.apply_overrides(tiny_cfg, {"protocol": "paper", "train.epochs": 1})
-    summary = train(cfg, tmp_path / "p", log=lambda m: None)
-    assert "TEST split" in summary["note"]
+    reports = []
+    summary = train(cfg, tmp_path / "p", Runtime(report=lambda m, c: reports.append(m)), log=lambda m: None)
+    assert "TEST split" in summary["note"] and summary["selected"]["split"] == "test"
     assert "TEST split" in (tmp_path / "p" / "summary.json").read_text()
+    # the selection metrics are named for the split they come from, in every output
+    stage2 = [r for r in train_records(tmp_path / "p") if r["stage"] == "train"]
+    for record in stage2 + reports:
+        assert "test_dice" in record and "test_dice_teacher" in record
+        assert not any(k.startswith("val_dice") for k in record), record
 
 
 def test_cli_debug_eval_predict(tmp_path, capsys):
@@ -113,10 +122,11 @@ def test_cli_debug_eval_predict(tmp_path, capsys):
             "train.iters_per_epoch=1", "data.synthetic_count=16"]
     assert cli.main(["debug", "--run-dir", str(run), "--set", *sets]) == 0
     out = capsys.readouterr().out
-    assert "[pretrain 1/1]" in out and "[train 1/1]" in out and "final test dice" in out
+    assert "[pretrain 1/1]" in out and "label-free teacher mask" in out and "[train 1/1]" in out
+    assert "final test dice" in out
     assert cli.main(["eval", str(run), "--split", "val"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["split"] == "val" and 0 <= result["dice"] <= 1
+    assert result["split"] == "val" and 0 <= result["dice"] <= 1 and result["method"] == "diffusion_cps"
     images = tmp_path / "new"
     images.mkdir()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(images / "a.png")
@@ -136,7 +146,11 @@ def test_bench_writes_json(tmp_path):
                      "model.depth=2"]) == 0
     result = json.loads(out.read_text())
     names = [r["name"] for r in result["rows"]]
-    assert "stage1" in names and "stage2 R=3 chained" in names and "predict sample_steps=10" in names
+    assert "diffusion_cps stage1 step" in names and "diffusion_cps R=3 chained" in names
+    assert "predict sample_steps=10" in names
+    assert {f"train step {m}" for m in ("diffusion_cps", "supervised", "mean_teacher", "ua_mt", "cps")} <= set(names)
+    costs = {r["method"]: r["relative_cost"] for r in result["rows"] if "relative_cost" in r}
+    assert costs["supervised"] == 1.0 and costs["diffusion_cps"] > 1.0
     assert result["hardware"]["device"] == "cpu" and all(r["steps_per_s"] > 0 for r in result["rows"])
 
 
@@ -146,7 +160,7 @@ def test_debug_on_real_glas_beats_all_foreground(shared_data, tmp_path, capsys):
     assert cli.main(["debug", "--dataset", "glas", "--data-root", str(shared_data), "--run-dir", str(run)]) == 0
     summary = json.loads((run / "summary.json").read_text())
     cfg = config.load(run / "config.yaml")
-    data = prepare(cfg.data)
+    data = prepare(cfg.data, root=shared_data)
     test = data.dataset("test")
     gt = np.stack([test[i]["mask"].numpy() for i in range(len(test))]).astype(bool)
     trivial = 2 * gt.sum() / (gt.size + gt.sum())  # Dice of predicting foreground everywhere

@@ -58,9 +58,16 @@ def read_csv(path: Path) -> list[dict]:
 def glas_study(ray_cluster, shared_data, tmp_path_factory):
     """Six trials on real GlaS, every one through a 1-worker TorchTrainer."""
     tmp = tmp_path_factory.mktemp("glas_study")
-    path = write_study(tmp / "glas_tiny.yaml",
-                       set={"data.dataset": "glas", "data.root": str(shared_data), "train.epochs": 3})
-    study_dir = driver.search(str(path), storage=str(tmp / "studies"))
+    # the method is searched too, with each method's own keys under `when`
+    only_paper = {"when": {"method": ["diffusion_cps"]}}
+    space = {"method": {"choice": ["diffusion_cps", "mean_teacher"]},
+             "diffusion.steps": {"choice": [100, 200]} | only_paper,
+             "rounds": {"int": [1, 2]} | only_paper,
+             "round_mode": {"choice": ["independent", "chained"], "when": {"rounds": [2]}},
+             "mean_teacher.ema_decay": {"float": [0.9, 0.999], "when": {"method": ["mean_teacher"]}},
+             "train.lr": {"float": [0.0003, 0.03], "log": True}}
+    path = write_study(tmp / "glas_tiny.yaml", space=space, set={"data.dataset": "glas", "train.epochs": 3})
+    study_dir = driver.search(str(path), storage=str(tmp / "studies"), data_root=str(shared_data))
     return path, study_dir
 
 
@@ -85,10 +92,18 @@ def test_study_on_real_data_prunes_with_asha_and_reports(glas_study):
         assert row["state"] == states[tid]
         assert (int(row["epochs"]) < 3) == (row["state"] == "PRUNED")
         assert 0.0 <= float(row["val_dice"]) <= 1.0 and row["attempts"] == "1"
-    # stage 1 depends on diffusion.steps only among the searched keys: at most two pretrainings
+    # both methods ran; each trial's config carries its method's own searched key only
+    methods = {tid: config.load(study_dir / "trials" / tid / "config.yaml").method for tid in rows}
+    assert set(methods.values()) == {"diffusion_cps", "mean_teacher"}, methods
+    for tid, row in rows.items():
+        assert (row["mean_teacher.ema_decay"] != "") == (methods[tid] == "mean_teacher"), row
+        assert (row["rounds"] != "") == (methods[tid] == "diffusion_cps"), row
+    # stage 1 (the paper's method only) depends on diffusion.steps among the searched keys:
+    # at most two pretrainings; Mean Teacher has no stage 1
     ran = sum(r["stage1"] == "ran" for r in rows.values())
     reused = sum(r["stage1"] == "reused" for r in rows.values())
-    assert ran + reused == 6 and 1 <= ran <= 2 and len(list((study_dir / "pretrained").glob("*.pt"))) == ran
+    paper = sum(m == "diffusion_cps" for m in methods.values())
+    assert ran + reused == paper and 1 <= ran <= 2 and len(list((study_dir / "pretrained").glob("*.pt"))) == ran
     # best.yaml: the best complete trial's config, ready to run
     complete = [r for r in rows.values() if r["state"] == "COMPLETE"]
     best = max(complete, key=lambda r: float(r["val_dice"]))

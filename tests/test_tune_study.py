@@ -9,7 +9,8 @@ import yaml
 from diffseg import config
 from diffseg.config import ConfigError
 from tune import cli
-from tune.stage1 import SharedTeacher, stage1_key
+from diffseg.methods import stage1_key
+from tune.stage1 import SharedTeacher
 from tune.study import load_study, parse_study, study_from_yaml
 
 GOOD = {
@@ -32,7 +33,8 @@ def study_with(**changes):
 def test_good_study_round_trips_through_its_resolved_file():
     study = parse_study(study_with(), source="x.yaml")
     assert study.max_epochs == 3 and study.metric == "val_dice" and study.scheduler == "asha"
-    assert study.config["data"]["root"].startswith("/")  # pinned for trial processes
+    assert study.data_root.startswith("/") and study.cache_dir.startswith("/")  # resolved for trial processes
+    assert "root" not in study.config["data"]  # where data lives is not a hyperparameter
     again = study_from_yaml(study.to_yaml())
     assert again == study
     assert again.trial_config({"rounds": 2}, "t1").rounds == 2
@@ -118,16 +120,20 @@ def test_searcher_tells_optuna_pruned_for_trials_stopped_early():
     assert trials["c"].state.name == "FAIL"
 
 
+ONE = {"workers": 1, "device": "cpu", "amp": False}
+
+
 def test_stage1_key_depends_only_on_stage1_keys():
     cfg = config.load("debug")
-    same = config.apply_overrides(cfg, {"rounds": 3, "loss.cps": 0.2, "train.lr": 0.1, "diffusion.sample_steps": 5})
+    same = config.apply_overrides(cfg, {"rounds": 3, "loss.cps": 0.2, "train.lr": 0.1, "diffusion.sample_steps": 5,
+                                        "data.labeled_ratio": 0.5})
     other = config.apply_overrides(cfg, {"diffusion.steps": 200})
-    assert stage1_key(cfg, 1) == stage1_key(same, 1)
-    assert stage1_key(cfg, 1) != stage1_key(other, 1) and stage1_key(cfg, 1) != stage1_key(cfg, 2)
+    assert stage1_key(cfg, ONE) == stage1_key(same, ONE)
+    assert stage1_key(cfg, ONE) != stage1_key(other, ONE) and stage1_key(cfg, ONE) != stage1_key(cfg, ONE | {"workers": 2})
 
 
 def _claim_and_publish(study_dir, hold_s, queue):
-    shared = SharedTeacher(study_dir, config.load("debug"), 1)
+    shared = SharedTeacher(study_dir, config.load("debug"), ONE)
     t0 = time.time()
     reused = shared.claim(print)
     waited = time.time() - t0

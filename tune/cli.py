@@ -15,6 +15,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="dotted overrides of the base config, e.g. --set train.epochs=20")
     s.add_argument("--name", help="study name (default: the study file's name); never reused")
+    s.add_argument("--data-root", default="", help="dataset root (default: $DIFFSEG_DATA or ../shared/data)")
+    s.add_argument("--cache-dir", default="", help="preprocessing cache (default: $DIFFSEG_CACHE or ~/.cache/diffseg)")
     _where(s)
     r = sub.add_parser("resume", help="continue an interrupted study; finished trials are kept")
     r.add_argument("name")
@@ -55,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         from . import driver
 
         if args.command == "search":
-            driver.search(args.study, args.overrides, args.name, args.storage, args.address, args.verbose)
+            driver.search(args.study, args.overrides, args.name, args.storage, args.address, args.verbose,
+                          args.data_root, args.cache_dir)
         else:
             driver.resume(args.name, args.storage, args.address, args.verbose)
         return 0

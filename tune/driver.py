@@ -32,9 +32,10 @@ from .study import Study, check_name, load_study, study_from_yaml, suggest
 from .trial import run_trial
 
 def search(study_file: str, overrides: list[str] | None = None, name: str | None = None,
-           storage: str | None = None, address: str | None = None, verbose: bool = False) -> Path:
+           storage: str | None = None, address: str | None = None, verbose: bool = False,
+           data_root: str = "", cache_dir: str = "") -> Path:
     """Check everything, make the experiment directory, run the study, write its report."""
-    study = load_study(study_file, overrides)
+    study = load_study(study_file, overrides, data_root, cache_dir)
     if name:
         study = dataclasses.replace(study, name=check_name(name))
     study_dir = study_dir_for(study.name, storage)
@@ -44,7 +45,7 @@ def search(study_file: str, overrides: list[str] | None = None, name: str | None
     say(f"study {study.name}: {study.trials} trials of {len(study.space)} parameters "
         f"({', '.join(p.key for p in study.space)}), {study.searcher} search, scheduler {study.scheduler}")
     say("checking the data (and building its cache once, before any trial starts)")
-    prepare(study.base_config().data, progress=True)
+    prepare(study.base_config().data, progress=True, root=study.data_root, cache_dir=study.cache_dir)
     # the cluster check comes before the folder exists: a refusal must not take the name
     _connect(address, study, verbose)
     study_dir.mkdir(parents=True, exist_ok=True)

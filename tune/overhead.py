@@ -20,11 +20,11 @@ import torch
 
 from diffseg import config as config_mod
 from diffseg.data import prepare
-from diffseg.run import train
+from diffseg.loop import fit
 from diffseg.rundir import RunDir
 
 from .study import Study
-from .trial import trainer
+from .trial import torch_trainer
 
 
 def epoch_seconds(run_dir: Path) -> list[float]:
@@ -33,7 +33,7 @@ def epoch_seconds(run_dir: Path) -> list[float]:
 
 def timed_local(cfg, run_dir: Path) -> float:
     t0 = time.time()
-    train(cfg, run_dir, log=lambda msg: None)
+    fit(cfg, run_dir, log=lambda msg: None)
     return time.time() - t0
 
 
@@ -49,7 +49,7 @@ def measure_once(cfg, out_dir: Path) -> dict:
         study = Study(name="overhead", base="", config=config_mod.to_dict(cfg), space=(), workers=1,
                       cpus_per_worker=cores, max_failures=0)
         t0 = time.time()
-        trainer(study, cfg, out_dir / "torchtrainer", out_dir, "overhead", in_tune=False).fit()
+        torch_trainer(study, cfg, out_dir / "torchtrainer", out_dir, "overhead", in_tune=False).fit()
         wall["torchtrainer"] = time.time() - t0
     finally:
         ray.shutdown()

@@ -80,7 +80,8 @@ def collect(study: Study, study_dir: Path, study_ot=None) -> list[dict]:
             "epochs": int(last.get("epoch", len(epochs))), "wall_s": round(last.get("time_total_s", 0.0), 1),
             "stage1": "" if not stage1 else ("reused" if stage1["reused"] else "ran"),
             "attempts": starts.get(tid, 0),
-            "curve": [max(r.get("val_dice_teacher", 0), r.get("val_dice_student", 0)) for r in epochs],
+            # the best predictor of each epoch (teacher or student, model a or b, ...)
+            "curve": [next((v for k, v in r.items() if k.endswith("_dice_last")), 0) for r in epochs],
             "config": run / "config.yaml",
         })
     return rows
@@ -198,11 +199,11 @@ def make_plots(study: Study, rows: list[dict], study_dir: Path, ot=None) -> dict
     matplotlib.use("Agg")
     folder = study_dir / "plots"
     folder.mkdir(exist_ok=True)
-    return {"curves": _curves(rows, folder), "importance": _importance(study, ot, folder),
+    return {"curves": _curves(study, rows, folder), "importance": _importance(study, ot, folder),
             "parallel": _parallel(study, rows, folder)}
 
 
-def _curves(rows: list[dict], folder: Path) -> str:
+def _curves(study: Study, rows: list[dict], folder: Path) -> str:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -212,7 +213,8 @@ def _curves(rows: list[dict], folder: Path) -> str:
             ax.plot(range(1, len(r["curve"]) + 1), r["curve"], style, marker="o", label=r["trial_id"])
     ax.set_xlabel("epoch")
     ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_ylabel("validation Dice (better of teacher, student)")
+    ax.set_ylabel(f"{'test' if study.metric.startswith('test_') else 'validation'} Dice "
+                  f"(best predictor of the epoch)")
     ax.set_title("dashed: stopped early (pruned)")
     if any(r["curve"] for r in rows):
         ax.legend(fontsize=6, ncol=2)

@@ -7,7 +7,6 @@ by the operating system, so a crashed trial never blocks the others.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -16,31 +15,18 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from diffseg import config as config_mod
-
-# stage 1 reads only these keys (plus the worker count, which sets the global batch)
-STAGE1_PREFIXES = ("seed", "amp", "data.", "diffusion.steps", "diffusion.schedule", "model.", "pretrain.")
-NOT_STAGE1 = ("data.num_workers", "data.cache_dir")
-
-
-def stage1_keys(cfg, workers: int) -> dict:
-    flat = config_mod.to_flat(cfg)
-    keys = {k: v for k, v in flat.items() if k.startswith(STAGE1_PREFIXES) and k not in NOT_STAGE1}
-    return keys | {"workers": workers}
-
-
-def stage1_key(cfg, workers: int) -> str:
-    text = json.dumps(stage1_keys(cfg, workers), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+from diffseg.methods import stage1_config, stage1_key
 
 
 class SharedTeacher:
-    def __init__(self, study_dir: Path, cfg, workers: int):
-        self.key = stage1_key(cfg, workers)
+    """The study's copy of one stage-1 result; the method says which config keys it depends on."""
+
+    def __init__(self, study_dir: Path, cfg, numerics: dict):
+        self.key = stage1_key(cfg, numerics)
         folder = Path(study_dir) / "pretrained"
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / f"{self.key}.pt"
-        self.keys = stage1_keys(cfg, workers)
+        self.keys = stage1_config(cfg, numerics)
         self.lock = FileLock(str(folder / f"{self.key}.lock"))
 
     def claim(self, log) -> bool:
@@ -58,9 +44,9 @@ class SharedTeacher:
             return True
         return False
 
-    def publish(self, teacher_file: Path) -> None:
+    def publish(self, pretrained_file: Path) -> None:
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        shutil.copyfile(teacher_file, tmp)
+        shutil.copyfile(pretrained_file, tmp)
         os.replace(tmp, self.path)
         (self.path.with_suffix(".json")).write_text(json.dumps(self.keys, indent=1, default=str))
         self.release()

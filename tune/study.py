@@ -73,6 +73,9 @@ class Study:
     concurrency: int = 1
     max_failures: int = 1
     source: str = ""  # the file it was read from
+    # where the trials find the data and the cache: not part of the config (see diffseg.config.MOVED)
+    data_root: str = ""
+    cache_dir: str = ""
 
     @property
     def metrics(self) -> list[str]:
@@ -109,17 +112,18 @@ def _param_dict(p: Param) -> dict:
     return out
 
 
-def load_study(name_or_path: str | Path, overrides: list[str] | dict | None = None) -> Study:
+def load_study(name_or_path: str | Path, overrides: list[str] | dict | None = None, data_root: str = "",
+               cache_dir: str = "") -> Study:
     """Read and check a study file; ``overrides`` (``key=value``) change the base config."""
     path = config_mod.resolve_shipped(name_or_path, STUDY_DIR, "study")
     data = config_mod.read_yaml(path, "study")
     try:
-        return parse_study(data, overrides, source=str(path))
+        return parse_study(data, overrides, source=str(path), data_root=data_root, cache_dir=cache_dir)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 
 
-def parse_study(data: dict, overrides=None, source: str = "") -> Study:
+def parse_study(data: dict, overrides=None, source: str = "", data_root: str = "", cache_dir: str = "") -> Study:
     if not isinstance(data, dict):
         raise ConfigError("a study file must be a mapping")
     _known(data, TOP_KEYS, "study")
@@ -127,7 +131,6 @@ def parse_study(data: dict, overrides=None, source: str = "") -> Study:
     cfg = config_mod.load(base, data.get("set") or {})
     if overrides:
         cfg = config_mod.apply_overrides(cfg, overrides)
-    cfg = _absolute_paths(cfg)
     space = parse_space(data.get("space"), cfg)
     objective = _section(data, "objective", ("metric", "mode"))
     second = _section(data, "second_objective", ("metric", "mode"))
@@ -150,8 +153,11 @@ def parse_study(data: dict, overrides=None, source: str = "") -> Study:
         gpus_per_worker=_number(resources.get("gpus_per_worker", 0), "resources.gpus_per_worker"),
         concurrency=_int(data.get("concurrency", 1), "concurrency", 1),
         max_failures=_int(data.get("max_failures", 1), "max_failures", 0),
-        source=source)
+        source=source, **_absolute_paths(data_root, cache_dir))
     _check_resources(study)
+    if cfg.protocol == "paper" and any(m.startswith("val_") for m in study.metrics):
+        raise ConfigError(f"objective '{study.metric}': under protocol=paper the trials select on the test "
+                          f"split and report test_* metrics (test_dice), never val_*")
     if study.second_metric and study.second_metric == study.metric:
         raise ConfigError("second_objective.metric must differ from objective.metric")
     if study.scheduler == "asha" and study.grace_period > study.max_epochs:
@@ -259,13 +265,13 @@ def _check_values(param: Param, cfg: config_mod.Config, typ: type) -> None:
             raise ConfigError(f"space '{param.key}': value {value!r} is not valid: {exc}") from None
 
 
-def _absolute_paths(cfg: config_mod.Config) -> config_mod.Config:
-    """Trials run in other processes (and other folders): pin the data and cache folders now."""
+def _absolute_paths(root: str, cache: str) -> dict:
+    """Trials run in other processes (and other folders): resolve the data and cache folders now,
+    as the core would on this machine."""
     from diffseg.data.cache import cache_dir
     from diffseg.data.sources import data_root
 
-    return config_mod.apply_overrides(cfg, {"data.root": str(data_root(cfg.data.root).resolve()),
-                                            "data.cache_dir": str(cache_dir(cfg.data.cache_dir).resolve())})
+    return {"data_root": str(data_root(root).resolve()), "cache_dir": str(cache_dir(cache).resolve())}
 
 
 def _check_resources(study: Study) -> None:

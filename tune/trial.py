@@ -29,16 +29,17 @@ def run_trial(params: dict, study: Study, study_dir: str) -> None:
     with open(Path(study_dir) / "trial_starts.jsonl", "a") as fh:
         fh.write(json.dumps({"trial_id": trial_id, "time": time.time(), "params": params}) + "\n")
     (run_dir / "params.json").write_text(json.dumps(params, indent=1))
-    trainer(study, cfg, run_dir, Path(study_dir), trial_id).fit()
+    torch_trainer(study, cfg, run_dir, Path(study_dir), trial_id).fit()
 
 
-def trainer(study: Study, cfg, run_dir: Path, study_dir: Path, trial_id: str, in_tune: bool = True) -> TorchTrainer:
+def torch_trainer(study: Study, cfg, run_dir: Path, study_dir: Path, trial_id: str, in_tune: bool = True) -> TorchTrainer:
     use_gpu = study.gpus_per_worker > 0
     per_worker = {"CPU": study.cpus_per_worker} | ({"GPU": study.gpus_per_worker} if use_gpu else {})
     return TorchTrainer(
         train_loop,
         train_loop_config={"config": config_mod.to_dict(cfg), "run_dir": str(run_dir),
-                           "study_dir": str(study_dir)},
+                           "study_dir": str(study_dir), "data_root": study.data_root,
+                           "cache_dir": study.cache_dir},
         # explicit gradient all-reduce over this process group (see diffseg/runtime.py for why
         # not the DDP module wrapper): gloo on CPU, nccl on GPU
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),

@@ -14,7 +14,8 @@ import torch
 import torch.distributed as dist
 
 from diffseg import config as config_mod
-from diffseg.run import Trainer
+from diffseg.loop import fit
+from diffseg.methods import method_class
 from diffseg.runtime import Runtime
 
 from .stage1 import SharedTeacher, decide
@@ -26,19 +27,24 @@ def train_loop(loop_cfg: dict) -> None:
     cfg = config_mod.from_dict(loop_cfg["config"])
     run_dir = Path(loop_cfg["run_dir"])
     log = _logger(run_dir, rank)
-    runtime = Runtime(device=_device(), rank=rank, world_size=world, amp=cfg.amp, report=_reporter(rank),
-                      num_workers=cfg.data.num_workers)
+    runtime = Runtime(device=_device(), rank=rank, world_size=world, amp=loop_cfg.get("amp", True),
+                      report=_reporter(rank), data_root=loop_cfg["data_root"], cache_dir=loop_cfg["cache_dir"])
     log(f"ray train worker rank {rank} of {world} on {runtime.device}, {torch.get_num_threads()} torch threads")
     if rank == 0:
         _restore_checkpoint(run_dir, log)
-    shared = SharedTeacher(Path(loop_cfg["study_dir"]), cfg, world)
+    if not method_class(cfg.method).stage1_keys:  # nothing to share between trials
+        if world > 1:
+            dist.barrier()
+        fit(cfg, run_dir, runtime, log=log)
+        return
+    shared = SharedTeacher(Path(loop_cfg["study_dir"]), cfg, runtime.numerics())
     reused = decide(shared, run_dir, log) if rank == 0 else False
     reused = _broadcast(reused, world)
     if world > 1:
         dist.barrier()  # rank 0 has made the run folder and copied any checkpoint in
     try:
-        Trainer(cfg, run_dir, runtime, pretrained=shared.path if reused else None, log=log,
-                on_pretrained=None if reused or rank else shared.publish).fit()
+        fit(cfg, run_dir, runtime, pretrained=shared.path if reused else None, log=log,
+            on_pretrained=None if reused or rank else shared.publish)
     finally:
         shared.release()
 
@@ -63,7 +69,7 @@ def _reporter(rank: int):
 
 def _restore_checkpoint(run_dir: Path, log) -> None:
     """After a worker restart on a node that cannot see the old run folder, Ray's stored
-    checkpoint is the only copy: put it where the Trainer resumes from."""
+    checkpoint is the only copy: put it where the loop resumes from."""
     checkpoint = ray.train.get_checkpoint()
     last = run_dir / "checkpoints" / "last.pt"
     if checkpoint is None or last.exists():

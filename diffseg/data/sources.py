@@ -306,7 +306,7 @@ def open_source(cfg, root: str | Path | None = None) -> Source:
         raise DataError(f"unknown dataset '{name}'; known datasets: {', '.join(REGISTRY)}")
     if name == "synthetic":
         return synthetic(None, cfg)
-    base = data_root(root or cfg.root)
+    base = data_root(root)
     path = base / name if (base / name).is_dir() else base
     if not path.is_dir():
         raise DataError(f"data root for '{name}' not found: {path} (set --data-root or DIFFSEG_DATA)")

@@ -13,14 +13,27 @@ from torch.utils.data import Dataset
 from . import augment, cache, splits as splits_mod, sources
 
 
+def per_channel(values) -> torch.Tensor:
+    """Per-channel statistics shaped (C, 1, 1) to broadcast over (..., C, H, W) images."""
+    return torch.as_tensor(np.asarray(values, dtype=np.float32))[:, None, None]
+
+
+def normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """Images in [0, 1] to the network's input scale: (x - mean) / std per channel."""
+    return (x - per_channel(mean).to(x.device)) / per_channel(std).to(x.device)
+
+
+def denormalise(x: torch.Tensor, mean, std) -> torch.Tensor:
+    return x * per_channel(std).to(x.device) + per_channel(mean).to(x.device)
+
+
 class CachedImages(Dataset):
     """Items of an HDF5 cache. The file is opened once per process (worker) and closed on close()."""
 
     def __init__(self, path: Path, indices: list[int], mean, std, *, train: bool = False,
                  jitter: float = 0.0, with_mask: bool = True):
         self.path, self.indices = Path(path), list(indices)
-        self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
-        self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
+        self.mean, self.std = per_channel(mean), per_channel(std)
         self.train, self.jitter, self.with_mask = train, jitter, with_mask
         self._fh, self._pid = None, None
 
@@ -80,10 +93,12 @@ class PreparedData:
                             train=train, jitter=jitter, with_mask=with_mask)
 
 
-def prepare(data_cfg, seed_splits: splits_mod.Splits | None = None, progress: bool = True) -> PreparedData:
-    """List, check and cache the dataset and make the splits; all errors surface here."""
-    source = sources.open_source(data_cfg)
-    path = cache.ensure(source, data_cfg.size, data_cfg.cache_dir, progress)
+def prepare(data_cfg, seed_splits: splits_mod.Splits | None = None, progress: bool = True, root: str | Path = "",
+            cache_dir: str | Path = "") -> PreparedData:
+    """List, check and cache the dataset and make the splits; all errors surface here. ``root``
+    and ``cache_dir`` say where they are on this machine (empty: the environment's defaults)."""
+    source = sources.open_source(data_cfg, root)
+    path = cache.ensure(source, data_cfg.size, str(cache_dir or ""), progress)
     splits = seed_splits or make_run_splits(source, data_cfg)
     with h5py.File(path, "r") as fh:
         names = [n.decode() for n in fh["names"][()]]

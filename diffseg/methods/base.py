@@ -1,0 +1,126 @@
+"""What a method is, for the loop (``diffseg/loop.py``) that runs any of them.
+
+A method names its networks, its stages and the optimizers each stage steps, computes the loss
+of one step with every term named, may act after a step (an EMA update), and names the networks
+that selection chooses between (its predictors). Everything else (epochs, learning-rate
+schedule, data, resume, validation, selection, test, summary, reports) is the loop's.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from ..diffusion import Diffusion
+from ..infer import scores
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage. ``name`` is also the config section with its epochs, lr and batch size."""
+    name: str  # "pretrain" (stage 1) or "train" (the stage that selects the kept model)
+    inputs: tuple[str, ...]  # "labeled" (images, masks), "unlabeled" or "images" (all training images, no masks)
+    optimizers: tuple[str, ...]  # the method's optimizers this stage steps
+    monitor: str = ""  # a network whose label-free mask is scored on validation each epoch (either channel)
+
+
+@dataclass(frozen=True)
+class Step:
+    """Where one step sits in its stage; ramps are computed from it."""
+    epoch: int
+    index: int  # within the epoch
+    per_epoch: int
+    epochs: int
+
+    @property
+    def global_step(self) -> int:
+        return self.epoch * self.per_epoch + self.index
+
+    def ramp_steps(self, ramp_epochs: int) -> int:
+        """Length of a ramp in steps; ``ramp_epochs`` 0 spans the whole stage."""
+        return max(1, (ramp_epochs or self.epochs) * self.per_epoch)
+
+
+def sigmoid_ramp(current: float, length: float) -> float:
+    """exp(-5 (1 - x)^2) of Laine & Aila (2017), as SSL4MIS ramps its consistency weights."""
+    if length <= 0:
+        return 1.0
+    x = min(max(current, 0.0), length) / length
+    return float(math.exp(-5.0 * (1.0 - x) ** 2))
+
+
+class Method:
+    """Base class. Subclasses set ``name``, ``stages`` and ``predictors``, and implement
+    ``build_networks``, ``build_optimizers`` and ``loss``."""
+
+    name = ""
+    stages: tuple[Stage, ...] = ()
+    predictors: tuple[str, ...] = ()  # networks selection chooses between, in order
+    # config keys (a trailing '.' takes a whole section) that stage 1 reads: two configs that
+    # agree on them produce the identical pretrained networks, so trials can share them
+    stage1_keys: tuple[str, ...] = ()
+
+    def __init__(self, cfg, channels: int, prepare: Callable[[nn.Module], nn.Module] = lambda m: m):
+        self.cfg, self.channels = cfg, channels
+        self.diffusion = Diffusion(cfg.diffusion.steps, cfg.diffusion.schedule)
+        self.networks: dict[str, nn.Module] = {k: prepare(v) for k, v in self.build_networks().items()}
+        self.optimizers: dict[str, torch.optim.Optimizer] = self.build_optimizers()
+
+    # ---- what a subclass provides
+    def build_networks(self) -> dict[str, nn.Module]:
+        raise NotImplementedError
+
+    def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        raise NotImplementedError
+
+    def loss(self, stage: str, batch: dict[str, dict[str, torch.Tensor]], step: Step
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of one step and every term by name (floats, for the logs)."""
+        raise NotImplementedError
+
+    def after_step(self, stage: str, step: Step) -> None:
+        """Called after the optimizers stepped (Mean Teacher's EMA update)."""
+
+    def snapshot(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named class scores for the TensorBoard image grid; by default every predictor."""
+        return {name: self.scores(name, x) for name in self.predictors}
+
+    # ---- shared
+    @property
+    def pretrained(self) -> tuple[str, ...]:
+        """The networks stage 1 trains (what a shared pretrained file holds)."""
+        stage1 = [s for s in self.stages if s.name == "pretrain"]
+        if not stage1:
+            return ()
+        return tuple(dict.fromkeys(n for o in stage1[0].optimizers for n in self.optimizer_networks[o]))
+
+    @property
+    def optimizer_networks(self) -> dict[str, tuple[str, ...]]:
+        """Which networks each optimizer steps (their gradients are averaged across workers)."""
+        out = {}
+        for oname, opt in self.optimizers.items():
+            ids = {id(p) for g in opt.param_groups for p in g["params"]}
+            out[oname] = tuple(n for n, net in self.networks.items() if any(id(p) in ids for p in net.parameters()))
+        return out
+
+    def scores(self, name: str, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return scores(self.networks[name], x, self.diffusion, self.cfg.diffusion, generator)
+
+    def train_mode(self, on: bool = True) -> None:
+        for net in self.networks.values():
+            net.train(on)
+
+    def optimizer(self, names: Iterable[str], stage: str) -> torch.optim.Optimizer:
+        """The optimizer of ``stage``'s config section over the named networks."""
+        scfg = getattr(self.cfg, stage)
+        params = [p for n in names for p in self.networks[n].parameters()]
+        if scfg.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=scfg.lr, momentum=0.9, weight_decay=1e-4)
+        return torch.optim.Adam(params, lr=scfg.lr)
+
+    def pseudo_label_cost(self) -> int:
+        """Network evaluations per unlabeled image to make its training targets (0: none)."""
+        return 0

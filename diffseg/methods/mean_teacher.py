@@ -1,0 +1,67 @@
+"""Mean Teacher: the teacher is an exponential moving average of the student's weights, and the
+student's predictions on unlabeled images are pulled towards the teacher's on a noised copy.
+
+Tarvainen & Valpola, "Mean teachers are better role models: Weight-averaged consistency targets
+improve semi-supervised deep learning results", NeurIPS 2017. Settings of SSL4MIS's
+``train_mean_teacher_2D.py``: EMA decay 0.99 (warmed up as min(1 - 1/(step + 1), decay)),
+softmax-MSE consistency with weight 0.1 ramped by a sigmoid, input noise N(0, 0.1) clipped at 0.2.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from .. import losses
+from ..students import build_segmenter
+from .base import Method, Stage, Step, sigmoid_ramp
+
+
+class MeanTeacher(Method):
+    name = "mean_teacher"
+    stages = (Stage("train", inputs=("labeled", "unlabeled"), optimizers=("student",)),)
+    predictors = ("student", "ema")
+
+    def build_networks(self):
+        student = build_segmenter(self.cfg, self.channels)
+        ema = copy.deepcopy(student)
+        for p in ema.parameters():
+            p.requires_grad_(False)  # moved only by the EMA update, never by a gradient
+        return {"student": student, "ema": ema}
+
+    def build_optimizers(self):
+        return {"student": self.optimizer(["student"], "train")}
+
+    def consistency_weight(self, step: Step) -> float:
+        mt = self.cfg.mean_teacher
+        return mt.consistency * sigmoid_ramp(step.global_step, step.ramp_steps(self.cfg.loss.ramp_epochs))
+
+    def noised(self, x: torch.Tensor) -> torch.Tensor:
+        sd = self.cfg.mean_teacher.noise
+        return x + (torch.randn_like(x) * sd).clamp(-2 * sd, 2 * sd) if sd > 0 else x
+
+    def loss(self, stage: str, batch, step: Step):
+        sup = losses.dice_ce(self.scores("student", batch["labeled"]["image"]), batch["labeled"]["mask"])
+        w = self.consistency_weight(step)
+        cons = sup.new_zeros(())
+        if w > 0:  # a zero weight computes nothing
+            x_u = batch["unlabeled"]["image"]
+            student_u = self.scores("student", x_u)
+            cons = self.consistency(student_u, x_u, step)
+        loss = sup + w * cons
+        return loss, {"loss": float(loss.detach()), "sup": float(sup.detach()), "consistency": float(cons.detach()),
+                      "consistency_weight": w}
+
+    def consistency(self, student_u: torch.Tensor, x_u: torch.Tensor, step: Step) -> torch.Tensor:
+        with torch.no_grad():
+            target = self.scores("ema", self.noised(x_u))
+        return losses.softmax_mse(student_u, target).mean()
+
+    @torch.no_grad()
+    def after_step(self, stage: str, step: Step) -> None:
+        alpha = min(1.0 - 1.0 / (step.global_step + 1), self.cfg.mean_teacher.ema_decay)
+        for e, s in zip(self.networks["ema"].parameters(), self.networks["student"].parameters()):
+            e.mul_(alpha).add_(s.detach(), alpha=1.0 - alpha)
+
+    def pseudo_label_cost(self) -> int:
+        return 1
