@@ -13,6 +13,7 @@ import torch
 
 from . import config as config_mod
 from .infer import scores
+from .loop import train_step
 from .methods import METHODS, Stage, Step, build_method
 from .runtime import local
 
@@ -81,18 +82,10 @@ def run_bench(cfg, steps: int = 5, warmup: int = 1, runtime=None, log=print) -> 
         method = build_method(c, 3, rt.prepare_model)
         method.train_mode(True)
         batch = {"labeled": {"image": x, "mask": y}, "unlabeled": {"image": x}, "images": {"image": x}}
-        optimizers = [method.optimizers[n] for n in stage.optimizers]
         at = Step(0, 0, 1, 1)
 
         def one():
-            with rt.autocast():
-                loss, _ = method.loss(stage.name, batch, at)
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for opt in optimizers:
-                opt.step()
-            method.after_step(stage.name, at)
+            train_step(method, stage, batch, at, rt)
         return method, one
 
     for name in METHODS:

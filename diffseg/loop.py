@@ -49,6 +49,25 @@ def batches(loader, n: int):
             yield next(it)
 
 
+def train_step(method, stage: Stage, batch: dict, step: Step, runtime: Runtime) -> dict[str, float]:
+    """One optimisation step of ``stage``: the method's loss, gradients averaged over the workers,
+    every optimizer of the stage stepped, then the method's after-step hook. Returns the terms."""
+    with runtime.autocast():
+        loss, terms = method.loss(stage.name, batch, step)
+    if not math.isfinite(terms["loss"]):
+        raise FloatingPointError(f"{stage.name} loss became {terms['loss']} at epoch {step.epoch} step {step.index}: "
+                                 f"lower {stage.name}.lr")
+    optimizers = [method.optimizers[n] for n in stage.optimizers]
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    loss.backward()
+    runtime.sync_gradients([p for o in optimizers for g in o.param_groups for p in g["params"]])
+    for opt in optimizers:
+        opt.step()
+    method.after_step(stage.name, step)
+    return terms
+
+
 class Loop:
     """One run of one method; ``fit`` walks the stages from wherever the checkpoint left off."""
 
@@ -210,30 +229,15 @@ class Loop:
                 self.rt.report(self.last_report, self.rd.checkpoints)
 
     def run_epoch(self, stage: Stage, loaders, at: Step) -> dict:
-        method, rt = self.method, self.rt
-        method.train_mode(True)
-        optimizers = [method.optimizers[n] for n in stage.optimizers]
-        params = [p for o in optimizers for g in o.param_groups for p in g["params"]]
+        self.method.train_mode(True)
         sums: dict[str, float] = defaultdict(float)
         for i, group in enumerate(zip(*(batches(loader, at.per_epoch) for loader in loaders))):
-            step = Step(at.epoch, i, at.per_epoch, at.epochs)
-            batch = {name: {k: v.to(rt.device) for k, v in b.items() if k in ("image", "mask")}
+            batch = {name: {k: v.to(self.rt.device) for k, v in b.items() if k in ("image", "mask")}
                      for name, b in zip(stage.inputs, group)}
-            with rt.autocast():
-                loss, terms = method.loss(stage.name, batch, step)
-            if not math.isfinite(terms["loss"]):
-                raise FloatingPointError(f"{stage.name} loss became {terms['loss']} at epoch {at.epoch} "
-                                         f"step {i}: lower {stage.name}.lr")
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            rt.sync_gradients(params)
-            for opt in optimizers:
-                opt.step()
-            method.after_step(stage.name, step)
+            terms = train_step(self.method, stage, batch, Step(at.epoch, i, at.per_epoch, at.epochs), self.rt)
             for k, v in terms.items():
                 sums[k] += v
-        return {k: rt.mean(v / at.per_epoch) for k, v in sums.items()}
+        return {k: self.rt.mean(v / at.per_epoch) for k, v in sums.items()}
 
     def progress_line(self, stage: Stage, e: int, epochs: int, m: dict, seconds: float) -> str:
         head = f"[{stage.name} {e + 1}/{epochs}] loss {m['loss']:.4f}"
