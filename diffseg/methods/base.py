@@ -62,6 +62,7 @@ class Method:
     # config keys (a trailing '.' takes a whole section) that stage 1 reads: two configs that
     # agree on them produce the identical pretrained networks, so trials can share them
     stage1_keys: tuple[str, ...] = ()
+    pretrained: tuple[str, ...] = ()  # the networks stage 1 trains: what a shared pretrained file holds
 
     def __init__(self, cfg, channels: int, prepare: Callable[[nn.Module], nn.Module] = lambda m: m):
         self.cfg, self.channels = cfg, channels
@@ -89,23 +90,6 @@ class Method:
         return {name: self.scores(name, x) for name in self.predictors}
 
     # ---- shared
-    @property
-    def pretrained(self) -> tuple[str, ...]:
-        """The networks stage 1 trains (what a shared pretrained file holds)."""
-        stage1 = [s for s in self.stages if s.name == "pretrain"]
-        if not stage1:
-            return ()
-        return tuple(dict.fromkeys(n for o in stage1[0].optimizers for n in self.optimizer_networks[o]))
-
-    @property
-    def optimizer_networks(self) -> dict[str, tuple[str, ...]]:
-        """Which networks each optimizer steps (their gradients are averaged across workers)."""
-        out = {}
-        for oname, opt in self.optimizers.items():
-            ids = {id(p) for g in opt.param_groups for p in g["params"]}
-            out[oname] = tuple(n for n, net in self.networks.items() if any(id(p) in ids for p in net.parameters()))
-        return out
-
     def scores(self, name: str, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return scores(self.networks[name], x, self.diffusion, self.cfg.diffusion, generator)
 

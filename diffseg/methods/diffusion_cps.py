@@ -20,6 +20,7 @@ class DiffusionCPS(Method):
     stages = (Stage("pretrain", inputs=("images",), optimizers=("pretrain",), monitor="teacher"),
               Stage("train", inputs=("labeled", "unlabeled"), optimizers=("teacher", "student")))
     predictors = ("teacher", "student")
+    pretrained = ("teacher",)
     # stage 1 reads the images (never the labels: its pool is every training image, sorted),
     # the diffusion process, the networks' shape and its own schedule
     stage1_keys = ("method", "seed", "data.dataset", "data.size", "data.val_ratio", "data.split_seed",
