@@ -61,17 +61,19 @@ def cmd_debug(args) -> None:
 
 def cmd_eval(args) -> None:
     from .data import Splits, prepare
-    from .evaluate import collect, score
+    from .evaluate import Truth, collect, score
     from .infer import load_kept
 
     run_dir = Path(args.run_dir)
     rt = _runtime(args)
     kept = load_kept(run_dir, rt.device)
-    data = prepare(kept.cfg.data, Splits.load(run_dir / "splits.json"), root=rt.data_root, cache_dir=rt.cache_dir)
-    probs, gts, fovs = collect(kept.net, data.dataset(args.split), kept.diffusion, kept.cfg.diffusion, rt,
-                               kept.cfg.seed)
-    result = score(probs, gts, fovs, kept.threshold, data.source.spacing)
-    result["method"], result["predictor"], result["split"] = kept.cfg.method, kept.predictor, args.split
+    cfg = kept.cfg
+    data = prepare(cfg.data, Splits.load(run_dir / "splits.json"), root=rt.data_root, cache_dir=rt.cache_dir)
+    truth = Truth(data, args.split, args.resolution or cfg.eval.resolution)
+    probs = truth.resize(collect(kept.net, data.dataset(args.split), kept.diffusion, cfg.diffusion, rt, cfg.seed))
+    result = score(probs, truth.gts, truth.fovs, kept.threshold, data.source.spacing) | truth.trivial()
+    result |= {"method": cfg.method, "predictor": kept.predictor, "split": args.split,
+               "resolution": truth.resolution}
     print(json.dumps(result, indent=1))
 
 
@@ -126,6 +128,8 @@ def parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="score a run's kept model on a split")
     ev.add_argument("run_dir")
     ev.add_argument("--split", choices=("val", "test"), default="test")
+    ev.add_argument("--resolution", choices=("original", "training"),
+                    help="score at each image's own size or at the training size (default: the run's eval.resolution)")
     _where(ev)
     ev.set_defaults(fn=cmd_eval)
 

@@ -30,6 +30,16 @@ class DataConfig:
     intensity_jitter: float = 0.0  # 0 disables brightness/contrast jitter
     synthetic_count: int = 48  # images made by the synthetic dataset
     synthetic_kind: str = "glands"  # glands | lesions
+    # 0: masks must be binary (0/1 or 0/255); > 0: a value above it is foreground (JPEG masks)
+    mask_threshold: int = 0
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    # where validation and test are scored: "original" (each image's own size: the predicted
+    # probabilities upsampled, compared with the original masks, distances in original pixels)
+    # or "training" (the paper's way: pooled at the training size, on resized masks)
+    resolution: str = "original"
 
 
 @dataclass(frozen=True)
@@ -107,6 +117,7 @@ class Config:
     rounds: int = 3  # R
     round_mode: str = "independent"  # independent | chained
     data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -129,6 +140,7 @@ MOVED = {
 
 CHOICES = {
     "data.synthetic_kind": ("glands", "lesions"),
+    "eval.resolution": ("original", "training"),
     "diffusion.schedule": ("sigmoid", "linear", "cosine"),
     "model.student": ("twin", "timm"),
     "protocol": ("standard", "paper"),
@@ -215,7 +227,7 @@ def validate(cfg: Config) -> Config:
         if not 0.0 <= flat[key] < 1.0 + 1e-9:
             raise ConfigError(f"config key '{key}' must be in [0, 1], got {flat[key]}")
     for key in ["pretrain.epochs", "train.epochs", "pretrain.lr", "train.lr", "data.labeled_count",
-                "loss.cps", "loss.align", "loss.rec", "loss.unlabeled",
+                "data.mask_threshold", "loss.cps", "loss.align", "loss.rec", "loss.unlabeled",
                 "loss.ramp_epochs", "mean_teacher.consistency", "mean_teacher.noise", "cps.consistency",
                 "data.intensity_jitter", "pretrain.iters_per_epoch", "train.iters_per_epoch"]:
         if flat[key] < 0:

@@ -1,47 +1,104 @@
-"""Prediction over a split, threshold choice on validation, and scoring."""
+"""Prediction over a split, the threshold chosen on validation, and scoring, at the resolution
+the config asks for: each image's own size by default, or the training size (the paper's way)."""
 from __future__ import annotations
 
+import h5py
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from .metrics import SetMetrics
+from .data.cache import original
 from .infer import scores as predict_scores
+from .metrics import SetMetrics
 
-THRESHOLDS = np.round(np.arange(0.0, 0.9 + 1e-9, 0.02), 2)
+# the threshold grid; a choice at either end is reported, since the best may lie beyond it
+THRESHOLDS = np.round(np.arange(0.02, 0.98 + 1e-9, 0.02), 2)
 
 
 @torch.no_grad()
-def collect(model, dataset, diffusion, dcfg, runtime, seed: int = 0, batch_size: int = 8):
-    """Foreground probabilities, ground truths and field-of-view masks of a whole split (numpy)."""
+def collect(model, dataset, diffusion, dcfg, runtime, seed: int = 0, batch_size: int = 8) -> np.ndarray:
+    """Foreground probabilities (N, H, W) of a whole split at the training size."""
     was_training = model.training
     model.eval()
     # a dedicated generator: the random start timesteps are the same on every evaluation
     gen = torch.Generator(device=runtime.device).manual_seed(seed)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    probs, gts, fovs = [], [], []
+    probs = []
     for batch in loader:
         x = batch["image"].to(runtime.device)
         with runtime.autocast():
             scores = predict_scores(model, x, diffusion, dcfg, gen)
         probs.append(scores.float().softmax(1)[:, 1].cpu().numpy())
-        gts.append(batch["mask"].numpy())
-        fovs.append(batch["fov"].numpy())
     model.train(was_training)
-    return np.concatenate(probs), np.concatenate(gts).astype(bool), np.concatenate(fovs).astype(bool)
+    return np.concatenate(probs)
 
 
-def best_threshold(probs: np.ndarray, gts: np.ndarray, fovs: np.ndarray) -> tuple[float, float]:
-    """The grid threshold (0..0.9, step 0.02) maximising pooled Jaccard; returns (t, Jaccard)."""
-    gt = gts & fovs
+def upsample(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A training-size probability map brought to an image's own size (bilinear): the same
+    operation ``diffseg predict`` applies before it writes a mask."""
+    if tuple(prob.shape) == tuple(shape):
+        return prob
+    t = torch.from_numpy(np.ascontiguousarray(prob, dtype=np.float32))[None, None]
+    return F.interpolate(t, size=tuple(int(v) for v in shape), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+class Truth:
+    """The ground truth (and field of view) of one split at the resolution it is scored at."""
+
+    def __init__(self, data, part: str, resolution: str = "original"):
+        self.resolution = resolution
+        rows = data.dataset(part).indices
+        with h5py.File(data.cache_path, "r") as fh:
+            if resolution == "training":
+                self.gts = [fh["masks"][i].astype(bool) for i in rows]
+                self.fovs = [fh["fov"][i].astype(bool) if "fov" in fh else np.ones_like(g) for i, g in
+                             zip(rows, self.gts)]
+            else:
+                self.gts = [original(fh, "orig_masks", i).astype(bool) for i in rows]
+                self.fovs = [original(fh, "orig_fov", i).astype(bool) if "orig_fov" in fh else np.ones_like(g)
+                             for i, g in zip(rows, self.gts)]
+
+    def __len__(self) -> int:
+        return len(self.gts)
+
+    def resize(self, probs: np.ndarray) -> list[np.ndarray]:
+        """Training-size probabilities at this truth's resolution, image by image."""
+        return [upsample(p, g.shape) for p, g in zip(probs, self.gts)]
+
+    def trivial(self) -> dict:
+        """Pooled Dice of predicting foreground everywhere and background everywhere (inside the
+        field of view): the floor any model must beat to carry signal."""
+        gt = sum(int((g & f).sum()) for g, f in zip(self.gts, self.fovs))
+        area = sum(int(f.sum()) for f in self.fovs)
+        return {"all_foreground_dice": 1.0 if area + gt == 0 else 2 * gt / (area + gt),
+                "all_background_dice": 1.0 if gt == 0 else 0.0}
+
+
+def best_threshold(probs, gts, fovs) -> tuple[float, float]:
+    """The grid threshold maximising pooled Jaccard; returns (t, Jaccard). One pass over the
+    pixels: each is binned by how many grid values lie below it, so ``p > t_k`` is a suffix sum."""
+    pos = np.zeros(len(THRESHOLDS) + 1, np.int64)  # foreground pixels per bin
+    neg = np.zeros(len(THRESHOLDS) + 1, np.int64)
+    for p, g, f in zip(probs, gts, fovs):
+        bins = np.searchsorted(THRESHOLDS, p[f], side="left")  # thresholds strictly below p
+        gt = g[f]
+        pos += np.bincount(bins[gt], minlength=len(pos))
+        neg += np.bincount(bins[~gt], minlength=len(neg))
+    above_pos = np.cumsum(pos[::-1])[::-1]  # above_pos[k + 1]: foreground pixels with p > t_k
+    above_neg = np.cumsum(neg[::-1])[::-1]
+    total_pos = pos.sum()
     best = (0.5, -1.0)
-    for t in THRESHOLDS:
-        pred = (probs > t) & fovs
-        inter = np.logical_and(pred, gt).sum()
-        union = np.logical_or(pred, gt).sum()
+    for k, t in enumerate(THRESHOLDS):
+        inter, pred = above_pos[k + 1], above_pos[k + 1] + above_neg[k + 1]
+        union = pred + total_pos - inter
         jac = 1.0 if union == 0 else inter / union
         if jac > best[1] + 1e-12:
             best = (float(t), float(jac))
     return best
+
+
+def at_edge(threshold: float) -> bool:
+    return threshold in (float(THRESHOLDS[0]), float(THRESHOLDS[-1]))
 
 
 def score(probs, gts, fovs, threshold: float, spacing=None, surface: bool = True) -> dict:
@@ -56,17 +113,13 @@ def score(probs, gts, fovs, threshold: float, spacing=None, surface: bool = True
 def label_free_dice(probs, gts, fovs) -> float:
     """Pooled Dice of a mask learnt without labels: it may call the foreground either of its two
     channels, so the better of (p > 0.5) and (p <= 0.5) counts. A readout only, never a loss."""
-    gt = gts & fovs
-    best = 0.0
-    for pred in ((probs > 0.5) & fovs, (probs <= 0.5) & fovs):
-        denom = pred.sum() + gt.sum()
-        best = max(best, 1.0 if denom == 0 else float(2 * np.logical_and(pred, gt).sum() / denom))
-    return best
-
-
-def all_foreground_dice(gts, fovs) -> float:
-    """Pooled Dice of predicting foreground everywhere (inside the field of view): the floor a
-    model must beat to carry any signal."""
-    gt = gts & fovs
-    denom = fovs.sum() + gt.sum()
-    return 1.0 if denom == 0 else float(2 * gt.sum() / denom)
+    inter = [0, 0]
+    pred = [0, 0]
+    gt_sum = 0
+    for p, g, f in zip(probs, gts, fovs):
+        gt = g & f
+        gt_sum += int(gt.sum())
+        for c, mask in enumerate(((p > 0.5) & f, (p <= 0.5) & f)):
+            inter[c] += int((mask & gt).sum())
+            pred[c] += int(mask.sum())
+    return max(1.0 if pred[c] + gt_sum == 0 else 2 * inter[c] / (pred[c] + gt_sum) for c in (0, 1))

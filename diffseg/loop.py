@@ -93,7 +93,7 @@ class Loop:
         self.last_report = None  # the last epoch's report, repeated if a finished run is resumed
         self.sel = "test" if cfg.protocol == "paper" else "val"  # the split that selects
         self.writer = None
-        self._floor = None
+        self._truth: dict[str, evaluate.Truth] = {}
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> None:
@@ -169,7 +169,6 @@ class Loop:
         self.start()
         self.log(f"run {self.rd.path}: {self.cfg.method} on {self.data.source.dataset} "
                  f"{self.data.splits.counts()} on {self.rt.device}")
-        finished_before = self.stage == "done"
         names = [s.name for s in self.method.stages]
         for i, stage in enumerate(self.method.stages):
             if self.stage == stage.name:
@@ -178,11 +177,11 @@ class Loop:
                 if stage.name == "pretrain":
                     self.publish_pretrained()
                 self.save()
-        if finished_before and self.last_report is not None:
-            # stopped after its last epoch but before the end: whoever watches the reports
-            # (a Tune scheduler) must still see the final epoch
-            self.rt.report(self.last_report, self.rd.checkpoints)
         summary = self.finish(time.time() - t0)
+        if self.last_report is not None:
+            # the final epoch, reported once the summary exists (also when a run stopped after
+            # its last epoch is resumed: whoever watches the reports must still see it)
+            self.rt.report(self.last_report, self.rd.checkpoints)
         if self.writer is not None:
             self.writer.close()
         return summary
@@ -225,7 +224,9 @@ class Loop:
                 self.last_report = metrics | {
                     "epoch": e + 1, "epoch_s": time.time() - t0, "pl_cost": self.method.pseudo_label_cost()}
             self.save()
-            if selects:
+            if selects and self.epoch < scfg.epochs:
+                # the last epoch is reported after the summary (see fit): a scheduler that stops
+                # the trial on it must find its test score written
                 self.rt.report(self.last_report, self.rd.checkpoints)
 
     def run_epoch(self, stage: Stage, loaders, at: Step) -> dict:
@@ -251,24 +252,31 @@ class Loop:
         return head + f" lr {m['lr']:.2e} ({seconds:.1f}s)"
 
     # ------------------------------------------------------------------ scores
-    def collect(self, name: str, part: str):
-        return evaluate.collect(self.method.networks[name], self.data.dataset(part), self.method.diffusion,
-                                self.cfg.diffusion, self.rt, self.cfg.seed)
+    def truth(self, part: str) -> evaluate.Truth:
+        """A split's ground truth at the scoring resolution, read once per run."""
+        if part not in self._truth:
+            self._truth[part] = evaluate.Truth(self.data, part, self.cfg.eval.resolution)
+        return self._truth[part]
+
+    def probabilities(self, net, part: str, diffusion) -> list:
+        probs = evaluate.collect(net, self.data.dataset(part), diffusion, self.cfg.diffusion, self.rt, self.cfg.seed)
+        return self.truth(part).resize(probs)
 
     def validate(self, epoch: int) -> dict:
         """Score every predictor on the selection split; keep the best so far as best.pt. Metric
         names carry the split they come from (``test_`` under protocol=paper)."""
-        sel, out = self.sel, {}
+        sel, out, truth = self.sel, {}, self.truth(self.sel)
         for name in self.method.predictors:
-            probs, gts, fovs = self.collect(name, sel)
-            thr, _ = evaluate.best_threshold(probs, gts, fovs)
-            dice = evaluate.score(probs, gts, fovs, thr, surface=False)["dice"]
+            probs = self.probabilities(self.method.networks[name], sel, self.method.diffusion)
+            thr, _ = evaluate.best_threshold(probs, truth.gts, truth.fovs)
+            dice = evaluate.score(probs, truth.gts, truth.fovs, thr, surface=False)["dice"]
             out[f"{sel}_dice_{name}"], out[f"{sel}_threshold_{name}"] = dice, thr
             if self.best is None or dice > self.best["dice"]:
                 self.best = {"predictor": name, "epoch": epoch, "dice": dice, "split": sel, "threshold": thr}
                 self.save_best(name)
         out[f"{sel}_dice"] = self.best["dice"]
         out[f"{sel}_dice_last"] = max(out[f"{sel}_dice_{p}"] for p in self.method.predictors)
+        out[f"{sel}_dice_all_foreground"] = truth.trivial()["all_foreground_dice"]  # the floor, beside it
         if self.writer is not None:
             log_images(self.writer, self.method, self.data, self.data.dataset(sel), epoch, self.rt.device)
         return out
@@ -278,11 +286,10 @@ class Loop:
         mask (either channel) beside the all-foreground Dice. Nothing here feeds a gradient."""
         if not stage.monitor or not self.data.splits.val:
             return {}
-        probs, gts, fovs = self.collect(stage.monitor, "val")
-        if self._floor is None:
-            self._floor = evaluate.all_foreground_dice(gts, fovs)
-        return {"val_dice_unsupervised": evaluate.label_free_dice(probs, gts, fovs),
-                "val_dice_all_foreground": self._floor}
+        truth = self.truth("val")
+        probs = self.probabilities(self.method.networks[stage.monitor], "val", self.method.diffusion)
+        return {"val_dice_unsupervised": evaluate.label_free_dice(probs, truth.gts, truth.fovs),
+                "val_dice_all_foreground": truth.trivial()["all_foreground_dice"]}
 
     def record(self, stage: str, epoch: int, metrics: dict, seconds: float) -> None:
         if not self.rt.is_main:
@@ -295,30 +302,48 @@ class Loop:
 
     # ------------------------------------------------------------------ end of run
     def finish(self, seconds: float) -> dict:
-        """Load the kept model, score validation and (once) the test split, write summary.json."""
+        """Load the kept model, score validation and (once) the test split, write summary.json.
+        Every score stands beside the trivial ones of its split, and a model that does not beat
+        predicting foreground everywhere is flagged."""
         kept = load_kept(self.rd.path, self.rt.device)
         summary = {"run_dir": str(self.rd.path), "method": self.cfg.method, "dataset": self.data.source.dataset,
-                   "protocol": self.cfg.protocol, "counts": self.data.splits.counts(), "selected": kept.selected,
-                   "wall_s": round(seconds, 1)}
+                   "protocol": self.cfg.protocol, "resolution": self.cfg.eval.resolution,
+                   "counts": self.data.splits.counts(), "selected": kept.selected, "wall_s": round(seconds, 1)}
+        if evaluate.at_edge(kept.threshold):
+            summary["selected"] = kept.selected | {"threshold_at_edge": True}
+            summary["threshold_note"] = (f"the threshold {kept.threshold:.2f} sits at the end of the grid "
+                                         f"({evaluate.THRESHOLDS[0]:.2f}-{evaluate.THRESHOLDS[-1]:.2f}): the "
+                                         f"model's probabilities are poorly calibrated")
         if self.cfg.protocol == "paper":
             summary["note"] = PAPER_NOTE
         for part in ("val", "test"):
             summary[part] = self.score_split(kept, part)
+        flags = [f"{part} Dice {summary[part]['dice']:.4f} does not beat predicting foreground everywhere "
+                 f"({summary[part]['all_foreground_dice']:.4f})" for part in ("val", "test")
+                 if summary[part] and not summary[part]["beats_trivial"]]
+        if flags:
+            summary["warning"] = "; ".join(flags)
         if self.rt.is_main:
             self.rd.write_json("summary.json", summary)
             self.rd.log({"stage": "final", "epoch": self.cfg.train.epochs, "val_dice": summary["val"].get("dice"),
                          "test_dice": summary["test"].get("dice")})
+        test = summary["test"]
         self.log(f"kept {kept.predictor} from epoch {kept.selected['epoch'] + 1} (threshold {kept.threshold:.2f}): "
-                 f"val dice {summary['val'].get('dice', float('nan')):.4f}, "
-                 f"test dice {summary['test'].get('dice', float('nan')):.4f}")
+                 f"val dice {summary['val'].get('dice', float('nan')):.4f}, test dice {test.get('dice', float('nan')):.4f}"
+                 + (f" (all-foreground {test['all_foreground_dice']:.4f}; scored at {self.cfg.eval.resolution} size)"
+                    if test else ""))
+        for flag in flags + ([summary["threshold_note"]] if "threshold_note" in summary else []):
+            self.log(f"WARNING: {flag}")
         return summary
 
     def score_split(self, kept, part: str) -> dict:
         if not getattr(self.data.splits, part):
             return {}
-        probs, gts, fovs = evaluate.collect(kept.net, self.data.dataset(part), kept.diffusion, self.cfg.diffusion,
-                                            self.rt, self.cfg.seed)
-        return evaluate.score(probs, gts, fovs, kept.threshold, self.data.source.spacing)
+        truth = self.truth(part)
+        probs = self.probabilities(kept.net, part, kept.diffusion)
+        out = evaluate.score(probs, truth.gts, truth.fovs, kept.threshold, self.data.source.spacing)
+        trivial = truth.trivial()
+        return out | trivial | {"beats_trivial": out["dice"] > max(trivial.values())}
 
 
 def fit(cfg, run_dir, runtime: Runtime | None = None, pretrained: Path | None = None, log=None,

@@ -1,16 +1,19 @@
-"""`diffseg predict`: mask PNGs for new images of any size with a run's kept model."""
+"""`diffseg predict`: mask PNGs for new images of any size with a run's kept model: each image is
+resized to the training size as the cache resizes, and the probabilities are brought back to its
+own size as validation and test scoring does (``evaluate.upsample``)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
+from .data.cache import resize
 from .data.sources import IMAGE_EXTS, read_image
 from .errors import DataError
 from .data.torchdata import normalise
+from .evaluate import upsample
 from .infer import load_kept
 from .runtime import local
 
@@ -31,11 +34,10 @@ def predict_folder(run_dir, input_dir, output_dir, probabilities: bool = False, 
     for i, path in enumerate(files):
         image = read_image(path, kept.channels)
         h, w = image.shape[:2]
-        x = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)[None] / 255.0
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        # resized exactly as the cache resized the training and test images
+        x = torch.from_numpy(resize(image, size, False).astype(np.float32)).permute(2, 0, 1)[None] / 255.0
         x = normalise(x, kept.mean, kept.std).to(rt.device)
-        prob = kept.scores(x, gen).float().softmax(1)[:, 1:2]
-        prob = F.interpolate(prob.cpu(), size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
+        prob = upsample(kept.scores(x, gen).float().softmax(1)[0, 1].cpu().numpy(), (h, w))
         out = output_dir / f"{path.stem}.png"
         Image.fromarray(((prob > kept.threshold) * 255).astype(np.uint8)).save(out)
         written.append(out)

@@ -88,10 +88,21 @@ def test_study_on_real_data_prunes_with_asha_and_reports(glas_study):
     # pruned trials stopped before the last epoch, as Tune saw them; Optuna has their curve
     rows = {r["trial_id"]: r for r in read_csv(study_dir / "trials.csv")}
     assert set(rows) == set(states)
+    ot = {t.user_attrs["tune_trial_id"]: t for t in
+          optuna.load_study(study_name="glas_tiny", storage=journal(study_dir)).get_trials()}
     for tid, row in rows.items():
         assert row["state"] == states[tid]
         assert (int(row["epochs"]) < 3) == (row["state"] == "PRUNED")
         assert 0.0 <= float(row["val_dice"]) <= 1.0 and row["attempts"] == "1"
+        # Tune, Optuna, the run folder and the report agree on where a trial stopped and its value
+        epochs = [json.loads(line) for line in (study_dir / "trials" / tid / "metrics.jsonl").read_text().splitlines()]
+        trained = [r for r in epochs if r["stage"] == "train"]
+        assert len(trained) == int(row["epochs"]), (tid, len(trained), row)
+        assert max(ot[tid].intermediate_values) == int(row["epochs"])
+        assert ot[tid].intermediate_values[int(row["epochs"])] == pytest.approx(float(row["val_dice"]))
+        assert trained[-1]["val_dice"] == pytest.approx(float(row["val_dice"]))
+        # every complete trial has its test score; a stopped one never scored the test split
+        assert (row["test_dice"] != "") == (row["state"] == "COMPLETE")
     # both methods ran; each trial's config carries its method's own searched key only
     methods = {tid: config.load(study_dir / "trials" / tid / "config.yaml").method for tid in rows}
     assert set(methods.values()) == {"diffusion_cps", "mean_teacher"}, methods
@@ -112,6 +123,7 @@ def test_study_on_real_data_prunes_with_asha_and_reports(glas_study):
     assert config.to_dict(best_cfg) | {"name": ""} == config.to_dict(trial_cfg) | {"name": ""}
     report = (study_dir / "report.md").read_text()
     assert f"**Best trial** {best['trial_id']}" in report
+    assert "predicting foreground everywhere scores Dice" in report and "beats all-foreground" in report
     assert f"{ran} run, {reused} reused" in report
     for png in ("val_dice_curves.png", "param_importance.png", "parallel_coordinates.png"):
         assert (study_dir / "plots" / png).stat().st_size > 1000, png
@@ -173,6 +185,11 @@ def test_killed_driver_is_resumed_without_rerunning_completed_trials(ray_cluster
     time.sleep(3)  # Tune saves its state every 2 s (TUNE_GLOBAL_CHECKPOINT_S)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    console = proc.stdout.read()
+    assert "[tune] ray cluster" in console
+    for banner in ("A new study created", "To visualize your results with TensorBoard", "View detailed results",
+                   "Configuration for experiment"):
+        assert banner not in console, console
     finished = {started()[0]}
     assert (study_dir / "trials" / started()[0] / "summary.json").exists()
     summaries = {tid: (study_dir / "trials" / tid / "summary.json").read_text() for tid in finished}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 from pathlib import Path
 
@@ -139,7 +140,7 @@ def tune_config(study: Study, study_dir: Path) -> ray.tune.TuneConfig:
 
 
 def run_config(study: Study, study_dir: Path) -> ray.tune.RunConfig:
-    progress = Progress(study.name, study.metric, study.mode, study.max_epochs, study.trials)
+    progress = Progress(study.name, study.metric, study.mode, study.max_epochs, study.trials, study.scheduler)
     # worker failures are retried inside each TorchTrainer (study.max_failures), not again here
     return ray.tune.RunConfig(name="tune", storage_path=str(study_dir), callbacks=[progress], verbose=0,
                               failure_config=ray.tune.FailureConfig(max_failures=0))
@@ -148,11 +149,14 @@ def run_config(study: Study, study_dir: Path) -> ray.tune.RunConfig:
 def _connect(address: str | None, study: Study, verbose: bool) -> None:
     # Tune saves its state every few seconds, so a killed driver loses little
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    if not verbose:
+        quiet()
     if not ray.is_initialized():
         # without an address, RAY_ADDRESS (set inside `ray job submit`) or a new local instance.
         # The workers' own output (Ray Train's per-report lines, actor warnings) would drown the
         # progress lines; it stays in each trial's train.log and Ray's session logs.
-        ray.init(address=address, log_to_driver=verbose)
+        ray.init(address=address, log_to_driver=verbose,
+                 logging_level=logging.INFO if verbose else logging.ERROR)
     need_cpu = study.workers * study.cpus_per_worker
     have = ray.cluster_resources()
     if need_cpu > have.get("CPU", 0) or study.workers * study.gpus_per_worker > have.get("GPU", 0):
@@ -161,6 +165,24 @@ def _connect(address: str | None, study: Study, verbose: bool) -> None:
                           f"and {have.get('GPU', 0):g} GPUs")
     say(f"ray cluster: {have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs; up to {study.concurrency} "
         f"trials at once, each {study.workers} worker(s)")
+
+
+class _DropHarmless(logging.Filter):
+    """Ray warns about "N PYTHON worker processes" because trials ask for 0 CPU (by design,
+    see ``trainable``); the warning is misleading here, so it stays out of the console."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "worker processes have been started" not in record.getMessage()
+
+
+def quiet() -> None:
+    """Keep the console to the study's own progress lines: no Ray, Tune or Optuna banners, no
+    Tune TensorBoard hint (it names a driver-artifacts folder, not the study's); ``--verbose``
+    brings them back."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's classic output, silent at verbose=0
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    logging.getLogger("ray._private.worker").addFilter(_DropHarmless())
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def say(msg: str) -> None:

@@ -7,8 +7,8 @@ from ray.tune import Callback
 
 
 class Progress(Callback):
-    def __init__(self, study_name: str, metric: str, mode: str, max_epochs: int, total: int):
-        self.name, self.metric, self.mode = study_name, metric, mode
+    def __init__(self, study_name: str, metric: str, mode: str, max_epochs: int, total: int, scheduler: str = "asha"):
+        self.name, self.metric, self.mode, self.scheduler = study_name, metric, mode, scheduler
         self.max_epochs, self.total = max_epochs, total
         self.best: tuple[float, str] | None = None
         self.done = 0
@@ -34,7 +34,8 @@ class Progress(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.done += 1
         epoch = (trial.last_result or {}).get("epoch", 0)
-        how = "finished" if epoch >= self.max_epochs else f"stopped early by ASHA after epoch {epoch}"
+        how = ("finished" if epoch >= self.max_epochs else f"stopped early by ASHA after epoch {epoch}"
+               if self.scheduler == "asha" else f"ended after epoch {epoch} of {self.max_epochs}")
         self.say(f"trial {trial.trial_id} {how} ({self.done}/{self.total} trials ended)")
 
     def on_trial_error(self, iteration, trials, trial, **info):

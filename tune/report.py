@@ -76,6 +76,9 @@ def collect(study: Study, study_dir: Path, study_ot=None) -> list[dict]:
             "state": trial.state.name if trial is not None else "UNKNOWN",
             "params": params, "metrics": {m: last.get(m) for m in study.metrics},
             "test_dice": (summary.get("test") or {}).get("dice"),
+            # the trivial floors of the selection split (from Tune's results) and of the test split
+            "sel_floor": last.get(_split(study) + "_dice_all_foreground"),
+            "test_floor": (summary.get("test") or {}).get("all_foreground_dice"),
             # the epochs Tune saw: a trial stopped by ASHA may finish one more before it is killed
             "epochs": int(last.get("epoch", len(epochs))), "wall_s": round(last.get("time_total_s", 0.0), 1),
             "stage1": "" if not stage1 else ("reused" if stage1["reused"] else "ran"),
@@ -85,6 +88,22 @@ def collect(study: Study, study_dir: Path, study_ot=None) -> list[dict]:
             "config": run / "config.yaml",
         })
     return rows
+
+
+def _split(study: Study) -> str:
+    """The split the objective is measured on: val, or test under protocol=paper."""
+    return "test" if study.metric.startswith("test_") else "val"
+
+
+def below_floor(study: Study, r: dict) -> list[str]:
+    """Where a trial does not beat predicting foreground everywhere."""
+    out = []
+    value = r["metrics"].get(study.metric)
+    if study.metric.endswith("dice") and _num(value) and _num(r["sel_floor"]) and value <= r["sel_floor"]:
+        out.append(_split(study))
+    if _num(r["test_dice"]) and _num(r["test_floor"]) and r["test_dice"] <= r["test_floor"]:
+        out.append("test")
+    return out
 
 
 def best_row(study: Study, rows: list[dict]) -> dict | None:
@@ -135,11 +154,21 @@ def markdown(study: Study, rows: list[dict], best: dict | None, plots: dict, stu
              + (f", second objective {study.second_metric} ({study.second_mode})" if study.second_metric else ""),
              f"- trials: {len(rows)} of {study.trials} asked; "
              + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())),
-             f"- stage-1 pretrainings: {ran} run, {reused} reused from the study's shared teachers", ""]
+             f"- stage-1 pretrainings: {ran} run, {reused} reused from the study's shared teachers"]
+    floors = {part: next((r[key] for r in rows if _num(r[key])), None)
+              for part, key in ((_split(study), "sel_floor"), ("test", "test_floor"))}
+    if any(_num(v) for v in floors.values()):
+        lines.append("- predicting foreground everywhere scores Dice " + ", ".join(
+            f"{v:.4f} on {part}" for part, v in floors.items() if _num(v))
+                     + ": a trial must beat it to carry any signal (the last column flags those that do not)")
+    lines.append("")
     if best is not None:
         lines += [f"**Best trial** {best['trial_id']}: {study.metric} {best['metrics'][study.metric]:.4f}"
                   + (f", test Dice {best['test_dice']:.4f}" if _num(best["test_dice"]) else "")
-                  + f"; parameters `{json.dumps(best['params'])}`. Ready-to-run config: `best.yaml`.", ""]
+                  + f"; parameters `{json.dumps(best['params'])}`. Ready-to-run config: `best.yaml`."
+                  + ("" if not below_floor(study, best) else
+                     f" **It does not beat predicting foreground everywhere on "
+                     f"{' and '.join(below_floor(study, best))}.**"), ""]
     else:
         lines += ["No trial has completed yet, so there is no best.yaml.", ""]
     lines += _table(study, rows) + [""]
@@ -150,6 +179,10 @@ def markdown(study: Study, rows: list[dict], best: dict | None, plots: dict, stu
         lines.append(f"## {title}")
         lines.append(f"![{name}]({plots[name]})" if name in plots and plots[name].endswith(".png")
                      else f"_{plots.get(name, 'not drawn')}_")
+        complete = sum(r["state"] == "COMPLETE" for r in rows)
+        if name == "importance" and plots.get(name, "").endswith(".png") and complete < FEW_TRIALS:
+            lines.append(f"_Caveat: importance rests on {complete} complete trial(s), fewer than {FEW_TRIALS}; "
+                         f"it cannot rank the parameters yet._")
         lines.append("")
     lines += ["## Look further",
               f"- TensorBoard (every trial's curves): `tensorboard --logdir {study_dir}`",
@@ -160,12 +193,16 @@ def markdown(study: Study, rows: list[dict], best: dict | None, plots: dict, stu
 
 def _table(study: Study, rows: list[dict]) -> list[str]:
     keys = [p.key for p in study.space]
-    head = ["trial", "state"] + keys + study.metrics + ["test Dice", "epochs", "wall s", "stage 1"]
+    head = ["trial", "state"] + keys + study.metrics + ["test Dice", "epochs", "wall s", "stage 1",
+                                                         "beats all-foreground"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["trial_id"], r["state"].lower()] + [_fmt(r["params"].get(k, "-")) for k in keys]
         cells += [_fmt(r["metrics"].get(m)) for m in study.metrics]
         cells += [_fmt(r["test_dice"]), str(r["epochs"]), _fmt(r["wall_s"]), r["stage1"] or "-"]
+        below = below_floor(study, r)
+        cells.append("**no** (" + ", ".join(below) + ")" if below else
+                     "yes" if _num(r["sel_floor"]) or _num(r["test_floor"]) else "-")
         out.append("| " + " | ".join(cells) + " |")
     return out
 
@@ -206,22 +243,29 @@ def make_plots(study: Study, rows: list[dict], study_dir: Path, ot=None) -> dict
 def _curves(study: Study, rows: list[dict], folder: Path) -> str:
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     for r in rows:
         if r["curve"]:
             style = "--" if r["state"] == "PRUNED" else "-"
             ax.plot(range(1, len(r["curve"]) + 1), r["curve"], style, marker="o", label=r["trial_id"])
-    ax.set_xlabel("epoch")
+    floor = next((r["sel_floor"] for r in rows if _num(r["sel_floor"])), None)
+    if floor is not None:
+        ax.axhline(floor, color="grey", linestyle=":", label="all-foreground")
+    ax.set_xlabel("epoch", fontsize=11)
     ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_ylabel(f"{'test' if study.metric.startswith('test_') else 'validation'} Dice "
-                  f"(best predictor of the epoch)")
-    ax.set_title("dashed: stopped early (pruned)")
-    if any(r["curve"] for r in rows):
-        ax.legend(fontsize=6, ncol=2)
+    ax.set_ylabel(f"{'test' if _split(study) == 'test' else 'validation'} Dice\n(best predictor of the epoch)",
+                  fontsize=11)
+    ax.set_title("one line per trial; dashed: stopped early (pruned)", fontsize=11)
+    ax.grid(alpha=0.3)
+    if any(r["curve"] for r in rows):  # beside the axes, so many trials stay legible
+        ax.legend(fontsize=8, ncol=1 + len(rows) // 16, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
-    fig.savefig(folder / "val_dice_curves.png", dpi=100)
+    fig.savefig(folder / "val_dice_curves.png", dpi=110)
     plt.close(fig)
     return "plots/val_dice_curves.png"
+
+
+FEW_TRIALS = 5  # below this many complete trials, parameter importance is noise
 
 
 def _importance(study: Study, ot, folder: Path) -> str:
@@ -239,40 +283,67 @@ def _importance(study: Study, ot, folder: Path) -> str:
         return f"parameter importance not available: {exc}"
     if not scores:
         return "parameter importance not available: no complete trial yet"
-    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.4 * len(scores)))
+    complete = len([t for t in ot.get_trials(deepcopy=False) if t.state.name == "COMPLETE"])
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * len(scores)))
     ax.barh(list(scores)[::-1], list(scores.values())[::-1])
-    ax.set_xlabel(f"importance for {study.metric} (Optuna's default evaluator, complete trials)")
+    ax.tick_params(labelsize=10)
+    ax.set_xlabel(f"importance for {study.metric} (Optuna's default evaluator)", fontsize=10)
+    ax.set_title(f"from {complete} complete trial(s)"
+                 + (f": fewer than {FEW_TRIALS}, a sketch only" if complete < FEW_TRIALS else ""), fontsize=10)
     fig.tight_layout()
-    fig.savefig(folder / "param_importance.png", dpi=100)
+    fig.savefig(folder / "param_importance.png", dpi=110)
     plt.close(fig)
     return "plots/param_importance.png"
 
 
 def _parallel(study: Study, rows: list[dict], folder: Path) -> str:
     import matplotlib.pyplot as plt
+    from matplotlib.colors import Normalize
 
     keys = [p.key for p in study.space]
     scored = [r for r in rows if _num(r["metrics"].get(study.metric))]
     if not scored:
         return "parallel coordinates not available: no trial has reported yet"
     axes = keys + [study.metric]
-    fig, ax = plt.subplots(figsize=(1.6 * len(axes) + 1, 4))
+    fig, ax = plt.subplots(figsize=(1.9 * len(axes) + 2, 4.8))
     values = [r["metrics"][study.metric] for r in scored]
     lo, hi = min(values), max(values)
+    norm = Normalize(lo, hi if hi > lo else lo + 1e-9)
     cmap = plt.get_cmap("viridis")
     for r in scored:
         ys = [_position(study, k, r["params"].get(k), scored) for k in keys]
-        ys.append((r["metrics"][study.metric] - lo) / (hi - lo) if hi > lo else 0.5)
-        ax.plot(range(len(axes)), ys, color=cmap(ys[-1]), alpha=0.8,
+        ys.append(float(norm(r["metrics"][study.metric])) if hi > lo else 0.5)
+        ax.plot(range(len(axes)), ys, color=cmap(norm(r["metrics"][study.metric])), alpha=0.85, linewidth=1.6,
                 linestyle="--" if r["state"] == "PRUNED" else "-")
-    ax.set_xticks(range(len(axes)), axes, rotation=20, fontsize=7)
+    for i, key in enumerate(axes):  # each axis with its own values, bottom to top
+        ax.axvline(i, color="grey", linewidth=0.8)
+        for y, text in _ticks(study, key, lo, hi):
+            ax.text(i + 0.03, y, text, fontsize=8, va="center")
+    ax.set_xticks(range(len(axes)), axes, rotation=15, fontsize=9)
     ax.set_yticks([])
-    ax.set_title(f"each line a trial, colour = {study.metric} ({lo:.3f} to {hi:.3f}); dashed: pruned",
-                 fontsize=8)
+    ax.set_ylim(-0.15, 1.05)
+    ax.set_title("each line a trial; dashed: pruned; at -0.1: parameter not sampled (conditional)", fontsize=10)
+    bar = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, pad=0.02)
+    bar.set_label(study.metric, fontsize=10)
     fig.tight_layout()
-    fig.savefig(folder / "parallel_coordinates.png", dpi=100)
+    fig.savefig(folder / "parallel_coordinates.png", dpi=110)
     plt.close(fig)
     return "plots/parallel_coordinates.png"
+
+
+def _ticks(study: Study, key: str, lo: float, hi: float) -> list[tuple[float, str]]:
+    """Labels along one axis of the parallel-coordinates plot."""
+    if key == study.metric:
+        return [(0.0, f"{lo:.3g}"), (1.0, f"{hi:.3g}")]
+    param = next(p for p in study.space if p.key == key)
+    if param.kind == "choice":
+        n = max(1, len(param.choices) - 1)
+        return [(i / n, str(c)) for i, c in enumerate(param.choices)]
+    ends = [(0.0, f"{param.low:.3g}"), (1.0, f"{param.high:.3g}")]
+    if param.kind == "int" and param.high - param.low < 2:
+        return ends
+    mid = math.sqrt(param.low * param.high) if param.log else (param.low + param.high) / 2
+    return ends + [(0.5, f"{mid:.3g}")]
 
 
 def _position(study: Study, key: str, value, rows: list[dict]) -> float:

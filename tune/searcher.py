@@ -1,8 +1,9 @@
 """OptunaSearch that tells Optuna the truth about trials stopped early.
 
 Ray's OptunaSearch tells a trial stopped by ASHA as COMPLETE with its early value, so TPE would
-mix budgets. Here a trial that ends without error before the last epoch is told PRUNED, and the
-intermediate values are keyed by epoch (not Tune's iteration count, which restarts on resume).
+mix budgets. Here a trial that ends without error before the last epoch is told PRUNED, with the
+value of every epoch it reported, the one that got it stopped included; intermediate values are
+keyed by epoch (not Tune's iteration count, which restarts on resume).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ class StudySearch(OptunaSearch):
     def __init__(self, *args, max_epochs: int, **kwargs):
         super().__init__(*args, **kwargs)
         self.max_epochs = max_epochs
+        self._reported: dict[str, set[int]] = {}  # epochs told to Optuna, per trial
 
     def suggest(self, trial_id: str):
         params = super().suggest(trial_id)
@@ -24,12 +26,21 @@ class StudySearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if isinstance(self.metric, list) or trial_id in self._completed_trials:
             return  # Optuna keeps no intermediate values for multi-objective studies
-        if self.metric in result and "epoch" in result:
-            self._ot_trials[trial_id].report(result[self.metric], int(result["epoch"]))
+        self._report(trial_id, result)
+
+    def _report(self, trial_id: str, result: dict) -> None:
+        epoch = int(result.get("epoch", 0))
+        done = self._reported.setdefault(trial_id, set())
+        if self.metric in result and "epoch" in result and epoch not in done:
+            self._ot_trials[trial_id].report(result[self.metric], epoch)
+            done.add(epoch)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         stopped_early = (not error and result and trial_id in self._ot_trials
                          and int(result.get("epoch", self.max_epochs)) < self.max_epochs)
+        if result and not error and trial_id in self._ot_trials and trial_id not in self._completed_trials \
+                and not isinstance(self.metric, list):
+            self._report(trial_id, result)  # the result a scheduler stopped the trial on never reaches on_trial_result
         if stopped_early and trial_id not in self._completed_trials:
             self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
             self._completed_trials.add(trial_id)

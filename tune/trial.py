@@ -2,22 +2,40 @@
 
 Names are stable (the Tune trial id), so a trial restarted after a driver crash resumes its own
 Train run and run folder instead of starting a new one.
+
+Each epoch's report travels worker -> Train controller -> this function -> Tune, and the worker
+waits until Tune has taken it (an acknowledgement file in the run folder) before it trains the
+next epoch. So a trial that a scheduler stops after epoch k has trained exactly k epochs: Tune,
+Optuna, the run folder and the report agree on where it stopped.
 """
 from __future__ import annotations
 
 import json
+import queue as queue_mod
+import threading
 import time
 from pathlib import Path
 
 import ray.train
 import ray.tune
+from ray.train import UserCallback
 from ray.train.torch import TorchConfig, TorchTrainer
-from ray.tune.integration.ray_train import TuneReportCallback
+from ray.util.queue import Empty, Queue
 
 from diffseg import config as config_mod
 
 from .study import Study
-from .worker import train_loop
+from .worker import ACK_FILE, train_loop
+
+
+class ForwardReports(UserCallback):
+    """In the Train controller: hands every report to the trial function's queue."""
+
+    def __init__(self, queue: Queue):
+        self.queue = queue
+
+    def after_report(self, run_context, metrics, checkpoint):
+        self.queue.put(dict(metrics[0]))
 
 
 def run_trial(params: dict, study: Study, study_dir: str) -> None:
@@ -29,17 +47,46 @@ def run_trial(params: dict, study: Study, study_dir: str) -> None:
     with open(Path(study_dir) / "trial_starts.jsonl", "a") as fh:
         fh.write(json.dumps({"trial_id": trial_id, "time": time.time(), "params": params}) + "\n")
     (run_dir / "params.json").write_text(json.dumps(params, indent=1))
-    torch_trainer(study, cfg, run_dir, Path(study_dir), trial_id).fit()
+    reports = Queue(actor_options={"num_cpus": 0})
+    trainer = torch_trainer(study, cfg, run_dir, Path(study_dir), trial_id, reports=reports)
+    outcome: dict = {}
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as exc:  # re-raised in the trial's own thread below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=fit, name=f"trainer-{trial_id}", daemon=True)
+    thread.start()
+    while thread.is_alive() or not reports.empty():
+        try:
+            metrics = reports.get(timeout=1.0)
+        except (Empty, queue_mod.Empty):
+            continue
+        ray.tune.report(metrics)  # returns only if Tune lets the trial go on; a stop ends it here
+        acknowledge(run_dir, int(metrics["epoch"]))
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
 
 
-def torch_trainer(study: Study, cfg, run_dir: Path, study_dir: Path, trial_id: str, in_tune: bool = True) -> TorchTrainer:
+def acknowledge(run_dir: Path, epoch: int) -> None:
+    tmp = run_dir / f".{ACK_FILE}.tmp"
+    tmp.write_text(str(epoch))
+    tmp.replace(run_dir / ACK_FILE)
+
+
+def torch_trainer(study: Study, cfg, run_dir: Path, study_dir: Path, trial_id: str,
+                  reports: Queue | None = None) -> TorchTrainer:
+    """The trial's Train run; ``reports`` None runs it outside Tune (no acknowledgements)."""
     use_gpu = study.gpus_per_worker > 0
     per_worker = {"CPU": study.cpus_per_worker} | ({"GPU": study.gpus_per_worker} if use_gpu else {})
     return TorchTrainer(
         train_loop,
         train_loop_config={"config": config_mod.to_dict(cfg), "run_dir": str(run_dir),
                            "study_dir": str(study_dir), "data_root": study.data_root,
-                           "cache_dir": study.cache_dir},
+                           "cache_dir": study.cache_dir, "wait_for_ack": reports is not None},
         # explicit gradient all-reduce over this process group (see diffseg/runtime.py for why
         # not the DDP module wrapper): gloo on CPU, nccl on GPU
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
@@ -49,7 +96,7 @@ def torch_trainer(study: Study, cfg, run_dir: Path, study_dir: Path, trial_id: s
             name=trial_id, storage_path=str(study_dir / "train"),
             failure_config=ray.train.FailureConfig(max_failures=study.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-            callbacks=[TuneReportCallback()] if in_tune else [],
+            callbacks=[ForwardReports(reports)] if reports is not None else [],
             # Train's per-report INFO lines drown the study's progress output
             logging_config=ray.train.LoggingConfig(log_level="WARNING")),
     )

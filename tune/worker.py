@@ -7,6 +7,7 @@ checkpoint folder) to ``ray.train.report``.
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import ray.train
@@ -20,6 +21,9 @@ from diffseg.runtime import Runtime
 
 from .stage1 import SharedTeacher, decide
 
+ACK_FILE = "tune_ack"  # the last epoch Tune has taken (written by the trial function)
+ACK_TIMEOUT_S = 600  # a driver that vanished must not hold a worker forever
+
 
 def train_loop(loop_cfg: dict) -> None:
     ctx = ray.train.get_context()
@@ -27,8 +31,10 @@ def train_loop(loop_cfg: dict) -> None:
     cfg = config_mod.from_dict(loop_cfg["config"])
     run_dir = Path(loop_cfg["run_dir"])
     log = _logger(run_dir, rank)
+    ack = run_dir / ACK_FILE if loop_cfg.get("wait_for_ack") else None
     runtime = Runtime(device=_device(), rank=rank, world_size=world, amp=loop_cfg.get("amp", True),
-                      report=_reporter(rank), data_root=loop_cfg["data_root"], cache_dir=loop_cfg["cache_dir"])
+                      report=_reporter(rank, ack, log), data_root=loop_cfg["data_root"],
+                      cache_dir=loop_cfg["cache_dir"])
     log(f"ray train worker rank {rank} of {world} on {runtime.device}, {torch.get_num_threads()} torch threads")
     if rank == 0:
         _restore_checkpoint(run_dir, log)
@@ -57,14 +63,32 @@ def _device() -> torch.device:
     return torch.device("cpu")
 
 
-def _reporter(rank: int):
+def _reporter(rank: int, ack: Path | None, log):
     def report(metrics: dict, checkpoint_dir: Path | None) -> None:
         # a barrier: every rank reports each epoch; only rank 0 hands over the checkpoint
         checkpoint = None
         if rank == 0 and checkpoint_dir is not None:
             checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir))
         ray.train.report(metrics, checkpoint=checkpoint)
+        if ack is not None and rank == 0:
+            _wait_for_ack(ack, int(metrics["epoch"]), log)
+        if ack is not None and dist.is_initialized():
+            dist.barrier()  # the other ranks wait for rank 0's acknowledgement too
     return report
+
+
+def _wait_for_ack(ack: Path, epoch: int, log) -> None:
+    """Until Tune has taken this epoch's result: a scheduler that stops the trial on it kills
+    the worker here, before it trains an epoch nobody will see."""
+    deadline = time.time() + ACK_TIMEOUT_S
+    while time.time() < deadline:
+        try:
+            if int(ack.read_text() or -1) >= epoch:
+                return
+        except (FileNotFoundError, ValueError):
+            pass
+        time.sleep(0.05)
+    log(f"no acknowledgement from Tune for epoch {epoch} after {ACK_TIMEOUT_S}s; going on")
 
 
 def _restore_checkpoint(run_dir: Path, log) -> None:

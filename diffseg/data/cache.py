@@ -1,7 +1,9 @@
 """Preprocessing cache: 2D images resized once into one HDF5 file per (dataset, size, sources).
 
-Built into a temporary file and renamed when complete, so a crash never leaves a file that
-looks finished; a truncated or corrupt file is detected on open and rebuilt.
+It also keeps every mask (and field of view) at its original size, so validation and test are
+scored at the images' own resolution. Built into a temporary file and renamed when complete, so
+a crash never leaves a file that looks finished; a truncated or corrupt file is detected on open
+and rebuilt.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import numpy as np
 from ..errors import DataError
 from .sources import Source
 
-FORMAT = 2
+FORMAT = 3  # 3: antialiased resizing, original-size masks
 
 
 def cache_dir(explicit: str = "") -> Path:
@@ -30,6 +32,12 @@ def cache_path(source: Source, size: int, directory: Path) -> Path:
     return directory / f"{source.dataset}-{size}-{source.fingerprint()}-v{FORMAT}.h5"
 
 
+def original(fh: h5py.File, name: str, index: int) -> np.ndarray:
+    """The original-size mask ("orig_masks") or field of view ("orig_fov") of one item."""
+    lo, hi = fh["orig_offset"][index], fh["orig_offset"][index + 1]
+    return fh[name][lo:hi].reshape(fh["orig_shape"][index])
+
+
 def is_valid(path: Path, n_items: int) -> bool:
     try:
         with h5py.File(path, "r") as fh:
@@ -40,13 +48,14 @@ def is_valid(path: Path, n_items: int) -> bool:
 
 
 def resize(arr: np.ndarray, size: int, is_mask: bool) -> np.ndarray:
-    """Bilinear resize; masks are resized as floats and thresholded, which keeps thin shapes."""
+    """Antialiased bilinear resize (no aliasing when shrinking a large image); masks are resized
+    as floats and thresholded at one half, which keeps thin shapes."""
     import torch
     import torch.nn.functional as F
 
     t = torch.from_numpy(np.array(arr, dtype=np.float32))
     t = t[None, None] if is_mask else t.permute(2, 0, 1)[None]
-    out = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[0]
+    out = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
     if is_mask:
         return (out[0] > 0.5 * (255 if arr.max() > 1 else 1)).numpy().astype(np.uint8)
     return out.round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
@@ -58,11 +67,15 @@ def build(source: Source, size: int, path: Path, progress: bool = True) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     n, c = len(source.items), source.channels
     has_fov = any(it.fov is not None for it in source.items)
+    flat = dict(chunks=(2**16,), maxshape=(None,), compression="gzip", compression_opts=1)
     try:
-        with h5py.File(tmp, "w") as fh:
+        with h5py.File(tmp, "w") as fh, _Progress(n, source.dataset, progress) as shown:
             images = fh.create_dataset("images", (n, size, size, c), np.uint8, chunks=(1, size, size, c))
             masks = fh.create_dataset("masks", (n, size, size), np.uint8, chunks=(1, size, size))
             fovs = fh.create_dataset("fov", (n, size, size), np.uint8) if has_fov else None
+            orig_masks = fh.create_dataset("orig_masks", (0,), np.uint8, **flat)
+            orig_fov = fh.create_dataset("orig_fov", (0,), np.uint8, **flat) if has_fov else None
+            offsets = np.zeros(n + 1, np.int64)
             shapes = np.zeros((n, 2), np.int32)
             fg = np.zeros(n, np.float64)
             total = np.zeros(c)
@@ -74,25 +87,60 @@ def build(source: Source, size: int, path: Path, progress: bool = True) -> None:
                 fg[i] = mask.mean()
                 images[i] = resize(image, size, False)
                 masks[i] = resize(mask, size, True)
+                offsets[i + 1] = offsets[i] + mask.size
+                _append(orig_masks, mask.ravel())
                 if fovs is not None:
                     fovs[i] = resize(fov, size, True) if fov is not None else 1
+                    _append(orig_fov, (fov if fov is not None else np.ones_like(mask)).ravel())
                 if item.split == "train":  # normalisation statistics never see the test split
                     x = images[i].reshape(-1, c) / 255.0
                     total += x.mean(0)
                     total_sq += (x ** 2).mean(0)
                     n_train += 1
-                if progress and (i + 1) % 25 == 0:
-                    print(f"  cached {i + 1}/{n} {source.dataset} images", file=sys.stderr, flush=True)
+                shown.update(i + 1)
             mean = total / max(n_train, 1)
             std = np.sqrt(np.maximum(total_sq / max(n_train, 1) - mean ** 2, 1e-8))
             fh.create_dataset("names", data=np.array([it.name for it in source.items], dtype="S"))
             fh.create_dataset("splits", data=np.array([it.split for it in source.items], dtype="S"))
             fh.create_dataset("orig_shape", data=shapes)
+            fh.create_dataset("orig_offset", data=offsets)
             fh.create_dataset("foreground", data=fg)
             fh.attrs.update(mean=mean, std=std, dataset=source.dataset, size=size, complete=1)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _append(dataset, values: np.ndarray) -> None:
+    start = dataset.shape[0]
+    dataset.resize((start + values.size,))
+    dataset[start:] = values
+
+
+class _Progress:
+    """One progress line on stderr while a cache is built (rewritten in place on a terminal;
+    elsewhere a line at each quarter), so a large folder does not print hundreds of lines."""
+
+    def __init__(self, total: int, name: str, enabled: bool):
+        self.total, self.name, self.enabled = total, name, enabled
+        self.tty = enabled and sys.stderr.isatty()
+        self.shown = 0
+
+    def __enter__(self):
+        return self
+
+    def update(self, done: int) -> None:
+        if not self.enabled:
+            return
+        if self.tty:
+            print(f"\r  cached {done}/{self.total} {self.name} images", end="", file=sys.stderr, flush=True)
+        elif done * 4 // self.total > self.shown:
+            self.shown = done * 4 // self.total
+            print(f"  cached {done}/{self.total} {self.name} images", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        if self.tty:
+            print(file=sys.stderr, flush=True)
 
 
 def ensure(source: Source, size: int, directory: str = "", progress: bool = True) -> Path:

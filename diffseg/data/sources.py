@@ -77,8 +77,9 @@ def read_image(path: Path, channels: int) -> np.ndarray:
     return arr if channels == 3 else arr[..., None]
 
 
-def read_mask(path: Path, instance_labels: bool = False) -> np.ndarray:
-    """Binary mask as {0, 1}; non-binary values are an error unless they are instance ids."""
+def read_mask(path: Path, instance_labels: bool = False, threshold: int = 0) -> np.ndarray:
+    """Binary mask as {0, 1}; non-binary values are an error unless they are instance ids or a
+    ``threshold`` (data.mask_threshold, for lossy JPEG masks) says where foreground starts."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -94,24 +95,27 @@ def read_mask(path: Path, instance_labels: bool = False) -> np.ndarray:
         arr = arr[..., 0]
     if instance_labels:
         return (arr > 0).astype(np.uint8)
+    if threshold > 0:
+        return (arr > threshold).astype(np.uint8)
     values = np.unique(arr)
     if set(values.tolist()) <= {0, 1}:
         return arr.astype(np.uint8)
     if set(values.tolist()) <= {0, 255}:
         return (arr > 127).astype(np.uint8)
     shown = ", ".join(str(v) for v in values[:8]) + (" ..." if len(values) > 8 else "")
-    raise DataError(f"mask file {path} is not binary: values {shown} (expected 0/255 or 0/1)")
+    raise DataError(f"mask file {path} is not binary: values {shown} (expected 0/255 or 0/1; for masks "
+                    f"saved lossily, e.g. as JPEG, set data.mask_threshold=127 to binarise at a value)")
 
 
-def read_pair(item: Item, channels: int, instance_labels: bool = False):
+def read_pair(item: Item, channels: int, instance_labels: bool = False, threshold: int = 0):
     image = read_image(item.image, channels)
-    mask = read_mask(item.mask, instance_labels)
+    mask = read_mask(item.mask, instance_labels, threshold)
     if image.shape[:2] != mask.shape:
         raise DataError(f"image/mask size mismatch for '{item.name}': {item.image} is "
                         f"{image.shape[1]}x{image.shape[0]} but {item.mask} is {mask.shape[1]}x{mask.shape[0]}")
     fov = None
     if item.fov is not None:
-        fov = read_mask(item.fov)
+        fov = read_mask(item.fov, threshold=threshold)
         if fov.shape != mask.shape:
             raise DataError(f"field-of-view mask {item.fov} size {fov.shape} does not match {item.mask}")
     return image, mask, fov
@@ -145,7 +149,8 @@ def hashed_test_split(names: list[str], n_test: int, salt: str) -> set[str]:
 
 
 def read_splits_csv(path: Path) -> dict[str, str]:
-    """``name,split`` rows; any split starting with 'test' is held out."""
+    """``name,split`` rows, names with or without their extension; any split starting with
+    'test' is held out."""
     out = {}
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
@@ -154,22 +159,26 @@ def read_splits_csv(path: Path) -> dict[str, str]:
         for row in reader:
             row = {k.lower(): v for k, v in row.items()}
             split = row["split"].strip().lower()
-            out[row["name"].strip()] = "test" if split.startswith("test") else "train"
+            name = Path(row["name"].strip())
+            out[name.stem if name.suffix.lower() in IMAGE_EXTS else str(name)] = (
+                "test" if split.startswith("test") else "train")
     return out
 
 
 # ----------------------------------------------------------------------------- datasets
-def _pair_source(dataset: str, root: Path, items: list[Item], channels: int = 3,
+def _pair_source(dataset: str, root: Path, items: list[Item], cfg, channels: int = 3,
                  instance: bool = False, notes=None) -> Source:
-    return Source(dataset, root, 2, channels, items,
-                  lambda it: read_pair(it, channels, instance), instance_labels=instance, notes=notes or [])
+    threshold = cfg.mask_threshold
+    return Source(dataset, root, 2, channels, items, lambda it: read_pair(it, channels, instance, threshold),
+                  instance_labels=instance, notes=notes or [],
+                  extra_fingerprint=f"mask_threshold={threshold}" if threshold else "")
 
 
 def glas(root: Path, cfg) -> Source:
     if (root / "splits.csv").is_file() and (root / "images").is_dir():
         splits = read_splits_csv(root / "splits.csv")
         items = pair_folder(root / "images", root / "masks", lambda n: _from_csv(splits, n, root))
-        return _pair_source("glas", root, items)
+        return _pair_source("glas", root, items, cfg)
     annos = sorted(root.glob("*_anno.bmp"))
     if not annos:
         raise DataError(f"no GlaS data in {root}: expected images/, masks/ and splits.csv, "
@@ -181,7 +190,7 @@ def glas(root: Path, cfg) -> Source:
         if not image.is_file():
             raise DataError(f"annotation {anno} has no image {image}")
         items.append(Item(name, "test" if name.startswith("test") else "train", image, anno))
-    return _pair_source("glas", root, items, instance=True,
+    return _pair_source("glas", root, items, cfg, instance=True,
                         notes=["Warwick QU release: instance labels made binary"])
 
 
@@ -205,7 +214,7 @@ def ph2(root: Path, cfg) -> Source:
     # No official split: the authors held out 20 of 200; a fixed hashed choice keeps it stable.
     test = hashed_test_split([it.name for it in items], max(1, round(len(items) * 0.1)), "ph2")
     items = [Item(it.name, "test" if it.name in test else "train", it.image, it.mask) for it in items]
-    return _pair_source("ph2", root, items, notes=["no official split: fixed hashed 10% test hold-out"])
+    return _pair_source("ph2", root, items, cfg, notes=["no official split: fixed hashed 10% test hold-out"])
 
 
 def drive(root: Path, cfg) -> Source:
@@ -213,7 +222,7 @@ def drive(root: Path, cfg) -> Source:
     for split in ("train", "test"):
         items += pair_folder(root / split / "images", root / split / "masks", lambda n, s=split: s,
                              fov=root / split / "fov" if (root / split / "fov").is_dir() else None)
-    return _pair_source("drive", root, items)
+    return _pair_source("drive", root, items, cfg)
 
 
 def hmeps(root: Path, cfg) -> Source:
@@ -221,7 +230,7 @@ def hmeps(root: Path, cfg) -> Source:
     items = []
     for split, held in (("train", "train"), ("val", "test")):
         items += pair_folder(root / split / "image", root / split / "mask", lambda n, s=held: s)
-    return _pair_source("hmeps", root, items, channels=1)
+    return _pair_source("hmeps", root, items, cfg, channels=1)
 
 
 def folder(root: Path, cfg) -> Source:
@@ -240,7 +249,7 @@ def folder(root: Path, cfg) -> Source:
         items = pair_folder(root / "images", root / "masks", lambda n: "train")
         test = hashed_test_split([it.name for it in items], max(1, round(len(items) * 0.2)), "folder")
         items = [Item(it.name, "test" if it.name in test else "train", it.image, it.mask) for it in items]
-    return _pair_source("folder", root, items, channels=channels)
+    return _pair_source("folder", root, items, cfg, channels=channels)
 
 
 def la(root: Path, cfg) -> Source:
