@@ -70,7 +70,8 @@ def cmd_eval(args) -> None:
     cfg = kept.cfg
     data = prepare(cfg.data, Splits.load(run_dir / "splits.json"), root=rt.data_root, cache_dir=rt.cache_dir)
     truth = Truth(data, args.split, args.resolution or cfg.eval.resolution)
-    probs = truth.resize(collect(kept.net, data.dataset(args.split), kept.diffusion, cfg.diffusion, rt, cfg.seed))
+    probs = truth.resize(collect(kept.net, data.dataset(args.split), kept.diffusion, cfg.diffusion, rt, cfg.seed,
+                                 overlap=cfg.eval.overlap))
     result = score(probs, truth.gts, truth.fovs, kept.threshold, data.source.spacing) | truth.trivial()
     result |= {"method": cfg.method, "predictor": kept.predictor, "split": args.split,
                "resolution": truth.resolution}

@@ -21,7 +21,11 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "experiments" / "configs"
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = "synthetic"
-    size: int = 128  # 2D images are resized to size x size
+    size: int = 128  # 2D images are resized to size x size (the network's input)
+    # 0: each image resized to size x size; > 0: images rescaled by this factor (aspect kept) and
+    # trained on random size x size tiles, validated, tested and predicted by a sliding window
+    # (for images much larger than size, where shrinking the whole image loses small structures)
+    scale: float = 0.0
     val_ratio: float = 0.15
     labeled_ratio: float = 0.1
     labeled_count: int = 0  # > 0 overrides labeled_ratio
@@ -40,6 +44,7 @@ class EvalConfig:
     # probabilities upsampled, compared with the original masks, distances in original pixels)
     # or "training" (the paper's way: pooled at the training size, on resized masks)
     resolution: str = "original"
+    overlap: float = 0.25  # sliding-window overlap when data.scale > 0 (windows blended by a Gaussian)
 
 
 @dataclass(frozen=True)
@@ -223,6 +228,12 @@ def validate(cfg: Config) -> Config:
     for key in positive:
         if flat[key] < 1:
             raise ConfigError(f"config key '{key}' must be >= 1, got {flat[key]}")
+    if not 0.0 <= flat["data.scale"] <= 4.0:
+        raise ConfigError(f"config key 'data.scale' must be 0 (resize whole images) or in (0, 4], got {flat['data.scale']}")
+    if not 0.0 <= flat["eval.overlap"] < 1.0:
+        raise ConfigError(f"config key 'eval.overlap' must be in [0, 1), got {flat['eval.overlap']}")
+    if not 0 <= flat["data.mask_threshold"] < 255:
+        raise ConfigError(f"config key 'data.mask_threshold' must be in [0, 255), got {flat['data.mask_threshold']}")
     for key in ["data.val_ratio", "data.labeled_ratio", "mean_teacher.ema_decay", "ua_mt.threshold_start"]:
         if not 0.0 <= flat[key] < 1.0 + 1e-9:
             raise ConfigError(f"config key '{key}' must be in [0, 1], got {flat[key]}")

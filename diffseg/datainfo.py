@@ -16,7 +16,7 @@ def info(data_cfg, root: str = "", cache_dir: str = "") -> dict:
            "official": {"train": len(source.names("train")), "test": len(source.names("test"))},
            "splits": splits.counts(), "notes": source.notes}
     if source.dim == 2:
-        path = cache.ensure(source, data_cfg.size, cache_dir)
+        path = cache.ensure(source, data_cfg.size, cache_dir, scale=data_cfg.scale)
         with h5py.File(path, "r") as fh:
             shapes, fg = fh["orig_shape"][()], fh["foreground"][()]
         out["cache"] = str(path)

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data.cache import original
+from .data.cache import original, read_item
 from .infer import scores as predict_scores
 from .metrics import SetMetrics
 
@@ -16,21 +16,37 @@ THRESHOLDS = np.round(np.arange(0.02, 0.98 + 1e-9, 0.02), 2)
 
 
 @torch.no_grad()
-def collect(model, dataset, diffusion, dcfg, runtime, seed: int = 0, batch_size: int = 8) -> np.ndarray:
-    """Foreground probabilities (N, H, W) of a whole split at the training size."""
+def collect(model, dataset, diffusion, dcfg, runtime, seed: int = 0, batch_size: int = 8,
+            overlap: float = 0.25) -> list[np.ndarray]:
+    """Foreground probabilities of every image of a split at the network's scale: the training
+    size, or (tiles, ``dataset.window`` > 0) each image's scaled size, by a sliding window."""
     was_training = model.training
     model.eval()
     # a dedicated generator: the random start timesteps are the same on every evaluation
     gen = torch.Generator(device=runtime.device).manual_seed(seed)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+
+    def probabilities(x: torch.Tensor) -> torch.Tensor:  # (B, C, h, w) -> (B, K, h, w)
+        with runtime.autocast():
+            return predict_scores(model, x, diffusion, dcfg, gen).float().softmax(1)
+
+    window = getattr(dataset, "window", 0)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1 if window else batch_size, shuffle=False)
     probs = []
     for batch in loader:
         x = batch["image"].to(runtime.device)
-        with runtime.autocast():
-            scores = predict_scores(model, x, diffusion, dcfg, gen)
-        probs.append(scores.float().softmax(1)[:, 1].cpu().numpy())
+        p = slide(probabilities, x, window, overlap, batch_size) if window else probabilities(x)
+        probs.extend(p[:, 1].cpu().numpy())
     model.train(was_training)
-    return np.concatenate(probs)
+    return probs
+
+
+def slide(probabilities, x: torch.Tensor, window: int, overlap: float, batch_size: int = 8) -> torch.Tensor:
+    """Class probabilities of a whole image from window x window tiles, overlapping and blended
+    with Gaussian weights (MONAI's sliding-window inference, the field's standard)."""
+    from monai.inferers import sliding_window_inference
+
+    return sliding_window_inference(x, (window, window), batch_size, probabilities, overlap=overlap,
+                                    mode="gaussian", padding_mode="constant")
 
 
 def upsample(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -49,10 +65,11 @@ class Truth:
         self.resolution = resolution
         rows = data.dataset(part).indices
         with h5py.File(data.cache_path, "r") as fh:
-            if resolution == "training":
-                self.gts = [fh["masks"][i].astype(bool) for i in rows]
-                self.fovs = [fh["fov"][i].astype(bool) if "fov" in fh else np.ones_like(g) for i, g in
-                             zip(rows, self.gts)]
+            if resolution == "training":  # the network's scale: size x size, or the scaled image
+                items = [read_item(fh, i) for i in rows]
+                self.gts = [m.astype(bool) for _, m, _ in items]
+                self.fovs = [f.astype(bool) if f is not None else np.ones_like(g) for (_, _, f), g in
+                             zip(items, self.gts)]
             else:
                 self.gts = [original(fh, "orig_masks", i).astype(bool) for i in rows]
                 self.fovs = [original(fh, "orig_fov", i).astype(bool) if "orig_fov" in fh else np.ones_like(g)
@@ -61,7 +78,7 @@ class Truth:
     def __len__(self) -> int:
         return len(self.gts)
 
-    def resize(self, probs: np.ndarray) -> list[np.ndarray]:
+    def resize(self, probs: list[np.ndarray]) -> list[np.ndarray]:
         """Training-size probabilities at this truth's resolution, image by image."""
         return [upsample(p, g.shape) for p, g in zip(probs, self.gts)]
 

@@ -259,7 +259,8 @@ class Loop:
         return self._truth[part]
 
     def probabilities(self, net, part: str, diffusion) -> list:
-        probs = evaluate.collect(net, self.data.dataset(part), diffusion, self.cfg.diffusion, self.rt, self.cfg.seed)
+        probs = evaluate.collect(net, self.data.dataset(part), diffusion, self.cfg.diffusion, self.rt, self.cfg.seed,
+                                 overlap=self.cfg.eval.overlap)
         return self.truth(part).resize(probs)
 
     def validate(self, epoch: int) -> dict:

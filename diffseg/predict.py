@@ -9,11 +9,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data.cache import resize
+from .data.cache import network_shape, resize
 from .data.sources import IMAGE_EXTS, read_image
 from .errors import DataError
 from .data.torchdata import normalise
-from .evaluate import upsample
+from .evaluate import slide, upsample
 from .infer import load_kept
 from .runtime import local
 
@@ -27,7 +27,7 @@ def predict_folder(run_dir, input_dir, output_dir, probabilities: bool = False, 
         raise DataError(f"no images ({', '.join(IMAGE_EXTS)}) in input folder {input_dir}")
     rt = local(device)
     kept = load_kept(run_dir, rt.device)
-    size = kept.cfg.data.size
+    size, scale = kept.cfg.data.size, kept.cfg.data.scale
     gen = torch.Generator(device=rt.device).manual_seed(kept.cfg.seed)
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -35,9 +35,13 @@ def predict_folder(run_dir, input_dir, output_dir, probabilities: bool = False, 
         image = read_image(path, kept.channels)
         h, w = image.shape[:2]
         # resized exactly as the cache resized the training and test images
-        x = torch.from_numpy(resize(image, size, False).astype(np.float32)).permute(2, 0, 1)[None] / 255.0
+        small = resize(image, network_shape((h, w), size, scale), False)
+        x = torch.from_numpy(small.astype(np.float32)).permute(2, 0, 1)[None] / 255.0
         x = normalise(x, kept.mean, kept.std).to(rt.device)
-        prob = upsample(kept.scores(x, gen).float().softmax(1)[0, 1].cpu().numpy(), (h, w))
+        with rt.autocast():
+            probs = (slide(lambda t: kept.scores(t, gen).float().softmax(1), x, size, kept.cfg.eval.overlap)
+                     if scale > 0 else kept.scores(x, gen).float().softmax(1))
+        prob = upsample(probs[0, 1].float().cpu().numpy(), (h, w))
         out = output_dir / f"{path.stem}.png"
         Image.fromarray(((prob > kept.threshold) * 255).astype(np.uint8)).save(out)
         written.append(out)

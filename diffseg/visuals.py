@@ -15,8 +15,10 @@ def log_images(writer, method, data, dataset, epoch: int, device: torch.device, 
     items = [dataset[i] for i in range(min(n, len(dataset)))]
     if not items:
         return
-    x = torch.stack([it["image"] for it in items]).to(device)
-    gt = torch.stack([it["mask"] for it in items]).float()
+    # whole images of the tiles layout differ in size: show their common top-left part
+    h, w = min(it["mask"].shape[0] for it in items), min(it["mask"].shape[1] for it in items)
+    x = torch.stack([it["image"][:, :h, :w] for it in items]).to(device)
+    gt = torch.stack([it["mask"][:h, :w] for it in items]).float()
     modes = {k: net.training for k, net in method.networks.items()}
     method.train_mode(False)
     masks = method.snapshot(x)

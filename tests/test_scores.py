@@ -43,12 +43,20 @@ def tiny(dataset, **extra):
                                  "method": "supervised", "data.labeled_ratio": 1.0} | extra)
 
 
-def test_full_resolution_score_equals_the_score_of_predicts_written_masks(tmp_path):
+@pytest.mark.parametrize("scale", [0.0, 0.5])
+def test_full_resolution_score_equals_the_score_of_predicts_written_masks(tmp_path, scale):
+    """Whole images shrunk to the training size (scale 0), or tiles: trained on 32 px crops of
+    the images at half size, scored and predicted by a sliding window (scale 0.5)."""
     from diffseg.runtime import local
 
     root = big_folder(tmp_path / "rings")
     run = tmp_path / "run"
-    summary = fit(tiny("folder"), run, local("cpu", data_root=str(root)), **QUIET)
+    cfg = tiny("folder", **{"data.scale": scale})
+    if scale:
+        data = prepare(cfg.data, root=root)
+        train, test = data.dataset("labeled", train=True), data.dataset("test")
+        assert train[0]["image"].shape == (3, 32, 32) and test[0]["image"].shape == (3, 120, 150)
+    summary = fit(cfg, run, local("cpu", data_root=str(root)), **QUIET)
     assert summary["resolution"] == "original" and summary["test"]["n"] == 4
     # predict the test images and score its written masks against the original masks
     test_dir = tmp_path / "test_images"

@@ -28,8 +28,27 @@ def cache_dir(explicit: str = "") -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "diffseg"
 
 
-def cache_path(source: Source, size: int, directory: Path) -> Path:
-    return directory / f"{source.dataset}-{size}-{source.fingerprint()}-v{FORMAT}.h5"
+def cache_path(source: Source, size: int, directory: Path, scale: float = 0.0) -> Path:
+    at = f"x{scale:g}" if scale > 0 else str(size)
+    return directory / f"{source.dataset}-{at}-{source.fingerprint()}-v{FORMAT}.h5"
+
+
+def network_shape(shape: tuple[int, int], size: int, scale: float) -> tuple[int, int]:
+    """The size an image is cached at: size x size, or its own shape times ``scale`` (tiles)."""
+    if scale <= 0:
+        return size, size
+    return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
+
+
+def read_item(fh: h5py.File, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Image (H, W, C) uint8, mask and field of view (or None) of one item at the network's scale."""
+    if fh.attrs.get("layout") != "tiles":
+        return fh["images"][index], fh["masks"][index], fh["fov"][index] if "fov" in fh else None
+    lo, hi = int(fh["net_offset"][index]), int(fh["net_offset"][index + 1])
+    h, w = (int(v) for v in fh["net_shape"][index])
+    c = int(fh.attrs["channels"])
+    fov = fh["fov"][lo:hi].reshape(h, w) if "fov" in fh else None
+    return fh["images"][lo * c:hi * c].reshape(h, w, c), fh["masks"][lo:hi].reshape(h, w), fov
 
 
 def original(fh: h5py.File, name: str, index: int) -> np.ndarray:
@@ -41,28 +60,34 @@ def original(fh: h5py.File, name: str, index: int) -> np.ndarray:
 def is_valid(path: Path, n_items: int) -> bool:
     try:
         with h5py.File(path, "r") as fh:
-            return (fh.attrs.get("complete") == 1 and fh["images"].shape[0] == n_items
-                    and fh["masks"].shape[0] == n_items and fh["images"][-1].size > 0)  # reads the last chunk
+            if fh.attrs.get("complete") != 1 or fh["orig_offset"].shape[0] != n_items + 1:
+                return False
+            read_item(fh, n_items - 1)  # reads the last chunk
+            return fh["orig_masks"].shape[0] == fh["orig_offset"][-1]
     except Exception:  # any failure to read means the file cannot be trusted
         return False
 
 
-def resize(arr: np.ndarray, size: int, is_mask: bool) -> np.ndarray:
+def resize(arr: np.ndarray, size: int | tuple[int, int], is_mask: bool) -> np.ndarray:
     """Antialiased bilinear resize (no aliasing when shrinking a large image); masks are resized
     as floats and thresholded at one half, which keeps thin shapes."""
     import torch
     import torch.nn.functional as F
 
+    shape = (size, size) if isinstance(size, int) else tuple(int(v) for v in size)
     t = torch.from_numpy(np.array(arr, dtype=np.float32))
     t = t[None, None] if is_mask else t.permute(2, 0, 1)[None]
-    out = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+    if tuple(t.shape[-2:]) != shape:
+        t = F.interpolate(t, size=shape, mode="bilinear", align_corners=False, antialias=True)
+    out = t[0]
     if is_mask:
         return (out[0] > 0.5 * (255 if arr.max() > 1 else 1)).numpy().astype(np.uint8)
     return out.round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
 
 
-def build(source: Source, size: int, path: Path, progress: bool = True) -> None:
-    """Read, check and resize every item; raise on the first bad file before writing anything."""
+def build(source: Source, size: int, path: Path, progress: bool = True, scale: float = 0.0) -> None:
+    """Read, check and resize every item; raise on the first bad file before writing anything.
+    ``scale`` > 0 keeps each image's aspect at that scale (the "tiles" layout: flat arrays)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     n, c = len(source.items), source.channels
@@ -70,9 +95,16 @@ def build(source: Source, size: int, path: Path, progress: bool = True) -> None:
     flat = dict(chunks=(2**16,), maxshape=(None,), compression="gzip", compression_opts=1)
     try:
         with h5py.File(tmp, "w") as fh, _Progress(n, source.dataset, progress) as shown:
-            images = fh.create_dataset("images", (n, size, size, c), np.uint8, chunks=(1, size, size, c))
-            masks = fh.create_dataset("masks", (n, size, size), np.uint8, chunks=(1, size, size))
-            fovs = fh.create_dataset("fov", (n, size, size), np.uint8) if has_fov else None
+            tiles = scale > 0
+            if tiles:
+                images = fh.create_dataset("images", (0,), np.uint8, **flat)
+                masks = fh.create_dataset("masks", (0,), np.uint8, **flat)
+                fovs = fh.create_dataset("fov", (0,), np.uint8, **flat) if has_fov else None
+                net_offset, net_shape = np.zeros(n + 1, np.int64), np.zeros((n, 2), np.int32)
+            else:
+                images = fh.create_dataset("images", (n, size, size, c), np.uint8, chunks=(1, size, size, c))
+                masks = fh.create_dataset("masks", (n, size, size), np.uint8, chunks=(1, size, size))
+                fovs = fh.create_dataset("fov", (n, size, size), np.uint8) if has_fov else None
             orig_masks = fh.create_dataset("orig_masks", (0,), np.uint8, **flat)
             orig_fov = fh.create_dataset("orig_fov", (0,), np.uint8, **flat) if has_fov else None
             offsets = np.zeros(n + 1, np.int64)
@@ -85,15 +117,26 @@ def build(source: Source, size: int, path: Path, progress: bool = True) -> None:
                 image, mask, fov = source.read(item)
                 shapes[i] = mask.shape
                 fg[i] = mask.mean()
-                images[i] = resize(image, size, False)
-                masks[i] = resize(mask, size, True)
+                shape = network_shape(mask.shape, size, scale)
+                small = resize(image, shape, False)
+                small_mask = resize(mask, shape, True)
+                small_fov = resize(fov, shape, True) if fov is not None else np.ones(shape, np.uint8)
+                if tiles:
+                    net_shape[i], net_offset[i + 1] = shape, net_offset[i] + shape[0] * shape[1]
+                    _append(images, small.ravel())
+                    _append(masks, small_mask.ravel())
+                    if fovs is not None:
+                        _append(fovs, small_fov.ravel())
+                else:
+                    images[i], masks[i] = small, small_mask
+                    if fovs is not None:
+                        fovs[i] = small_fov
                 offsets[i + 1] = offsets[i] + mask.size
                 _append(orig_masks, mask.ravel())
-                if fovs is not None:
-                    fovs[i] = resize(fov, size, True) if fov is not None else 1
+                if orig_fov is not None:
                     _append(orig_fov, (fov if fov is not None else np.ones_like(mask)).ravel())
                 if item.split == "train":  # normalisation statistics never see the test split
-                    x = images[i].reshape(-1, c) / 255.0
+                    x = small.reshape(-1, c) / 255.0
                     total += x.mean(0)
                     total_sq += (x ** 2).mean(0)
                     n_train += 1
@@ -105,7 +148,11 @@ def build(source: Source, size: int, path: Path, progress: bool = True) -> None:
             fh.create_dataset("orig_shape", data=shapes)
             fh.create_dataset("orig_offset", data=offsets)
             fh.create_dataset("foreground", data=fg)
-            fh.attrs.update(mean=mean, std=std, dataset=source.dataset, size=size, complete=1)
+            if tiles:
+                fh.create_dataset("net_offset", data=net_offset)
+                fh.create_dataset("net_shape", data=net_shape)
+            fh.attrs.update(mean=mean, std=std, dataset=source.dataset, size=size, channels=c, scale=scale,
+                            layout="tiles" if tiles else "resized", complete=1)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -143,18 +190,20 @@ class _Progress:
             print(file=sys.stderr, flush=True)
 
 
-def ensure(source: Source, size: int, directory: str = "", progress: bool = True) -> Path:
-    """Path of a complete cache for ``source`` at ``size``, building or rebuilding it as needed."""
+def ensure(source: Source, size: int, directory: str = "", progress: bool = True, scale: float = 0.0) -> Path:
+    """Path of a complete cache for ``source`` at ``size`` (or at ``scale``, for tiles), building
+    or rebuilding it as needed."""
     if source.dim != 2:
         raise DataError(f"dataset '{source.dataset}' is {source.dim}D: training on 3D volumes needs the 3D "
                         f"networks, not built yet ('diffseg data info {source.dataset}' lists it)")
-    path = cache_path(source, size, cache_dir(directory))
+    path = cache_path(source, size, cache_dir(directory), scale)
     if path.exists() and is_valid(path, len(source.items)):
         return path
     if path.exists():
         print(f"cache {path} is incomplete or corrupt: rebuilding", file=sys.stderr)
         path.unlink()
     if progress:
-        print(f"building cache {path} ({len(source.items)} images at {size}x{size})", file=sys.stderr)
-    build(source, size, path, progress)
+        at = f"x{scale:g} of their size" if scale > 0 else f"{size}x{size}"
+        print(f"building cache {path} ({len(source.items)} images at {at})", file=sys.stderr)
+    build(source, size, path, progress, scale)
     return path

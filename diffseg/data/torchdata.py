@@ -31,10 +31,13 @@ class CachedImages(Dataset):
     """Items of an HDF5 cache. The file is opened once per process (worker) and closed on close()."""
 
     def __init__(self, path: Path, indices: list[int], mean, std, *, train: bool = False,
-                 jitter: float = 0.0, with_mask: bool = True):
+                 jitter: float = 0.0, with_mask: bool = True, window: int = 0):
         self.path, self.indices = Path(path), list(indices)
         self.mean, self.std = per_channel(mean), per_channel(std)
         self.train, self.jitter, self.with_mask = train, jitter, with_mask
+        # tiles: training items are random window x window crops; evaluation items are whole
+        # images, which the evaluation slides a window over
+        self.window = window
         self._fh, self._pid = None, None
 
     def __len__(self) -> int:
@@ -62,11 +65,14 @@ class CachedImages(Dataset):
         return state
 
     def __getitem__(self, i: int) -> dict:
-        fh, idx = self._file(), self.indices[i]
-        image = torch.from_numpy(fh["images"][idx]).permute(2, 0, 1).float() / 255.0
+        idx = self.indices[i]
+        image, mask, fov = cache.read_item(self._file(), idx)
+        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
         image = (image - self.mean) / self.std
-        mask = torch.from_numpy(fh["masks"][idx].astype(np.int64))
-        fov = torch.from_numpy(fh["fov"][idx].astype(np.int64)) if "fov" in fh else torch.ones_like(mask)
+        mask = torch.from_numpy(mask.astype(np.int64))
+        fov = torch.from_numpy(fov.astype(np.int64)) if fov is not None else torch.ones_like(mask)
+        if self.train and self.window:
+            image, mask, fov = random_crop(self.window, image, mask, fov)
         if self.train:
             image, mask, fov = augment.geometric(image, mask, fov)
             image = augment.intensity(image, self.jitter)
@@ -74,6 +80,21 @@ class CachedImages(Dataset):
         if self.with_mask:
             out.update(mask=mask, fov=fov)
         return out
+
+
+def random_crop(size: int, image: torch.Tensor, *masks: torch.Tensor):
+    """A size x size window at a random place; images smaller than it are padded (image with
+    the mean, masks with 0)."""
+    h, w = image.shape[-2:]
+    ph, pw = max(0, size - h), max(0, size - w)
+    if ph or pw:
+        image = torch.nn.functional.pad(image, (0, pw, 0, ph))
+        masks = tuple(torch.nn.functional.pad(m, (0, pw, 0, ph)) for m in masks)
+        h, w = image.shape[-2:]
+    top = int(torch.randint(0, h - size + 1, (1,)))
+    left = int(torch.randint(0, w - size + 1, (1,)))
+    return (image[:, top:top + size, left:left + size],
+            *(m[top:top + size, left:left + size] for m in masks))
 
 
 @dataclass
@@ -84,13 +105,14 @@ class PreparedData:
     index: dict[str, int]  # name -> row in the cache
     mean: np.ndarray
     std: np.ndarray
+    window: int = 0  # > 0: the tiles layout, trained on window x window crops
 
     def dataset(self, part: str | list[str], *, train: bool = False, jitter: float = 0.0,
                 with_mask: bool = True) -> CachedImages:
         """A split by name ('labeled', 'val'...) or an explicit list of image names."""
         names = getattr(self.splits, part) if isinstance(part, str) else part
         return CachedImages(self.cache_path, [self.index[n] for n in names], self.mean, self.std,
-                            train=train, jitter=jitter, with_mask=with_mask)
+                            train=train, jitter=jitter, with_mask=with_mask, window=self.window)
 
 
 def prepare(data_cfg, seed_splits: splits_mod.Splits | None = None, progress: bool = True, root: str | Path = "",
@@ -98,12 +120,13 @@ def prepare(data_cfg, seed_splits: splits_mod.Splits | None = None, progress: bo
     """List, check and cache the dataset and make the splits; all errors surface here. ``root``
     and ``cache_dir`` say where they are on this machine (empty: the environment's defaults)."""
     source = sources.open_source(data_cfg, root)
-    path = cache.ensure(source, data_cfg.size, str(cache_dir or ""), progress)
+    path = cache.ensure(source, data_cfg.size, str(cache_dir or ""), progress, data_cfg.scale)
     splits = seed_splits or make_run_splits(source, data_cfg)
     with h5py.File(path, "r") as fh:
         names = [n.decode() for n in fh["names"][()]]
         mean, std = np.asarray(fh.attrs["mean"]), np.asarray(fh.attrs["std"])
-    return PreparedData(source, path, splits, {n: i for i, n in enumerate(names)}, mean, std)
+    return PreparedData(source, path, splits, {n: i for i, n in enumerate(names)}, mean, std,
+                        window=data_cfg.size if data_cfg.scale > 0 else 0)
 
 
 def make_run_splits(source: sources.Source, data_cfg) -> splits_mod.Splits:
