@@ -1,7 +1,6 @@
 """`diffseg data info NAME`: counts, image sizes, foreground fraction and the run's splits."""
 from __future__ import annotations
 
-import h5py
 import numpy as np
 
 from . import data as data_mod
@@ -17,7 +16,7 @@ def info(data_cfg, root: str = "", cache_dir: str = "") -> dict:
            "splits": splits.counts(), "notes": source.notes}
     if source.dim == 2:
         path = cache.ensure(source, data_cfg.size, cache_dir, scale=data_cfg.scale)
-        with h5py.File(path, "r") as fh:
+        with cache.open_cache(path) as fh:
             shapes, fg = fh["orig_shape"][()], fh["foreground"][()]
         out["cache"] = str(path)
     else:

@@ -2,12 +2,11 @@
 the config asks for: each image's own size by default, or the training size (the paper's way)."""
 from __future__ import annotations
 
-import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data.cache import original, read_item
+from .data.cache import open_cache, original, read_item
 from .infer import scores as predict_scores
 from .metrics import SetMetrics
 
@@ -64,7 +63,7 @@ class Truth:
     def __init__(self, data, part: str, resolution: str = "original"):
         self.resolution = resolution
         rows = data.dataset(part).indices
-        with h5py.File(data.cache_path, "r") as fh:
+        with open_cache(data.cache_path) as fh:
             if resolution == "training":  # the network's scale: size x size, or the scaled image
                 items = [read_item(fh, i) for i in rows]
                 self.gts = [m.astype(bool) for _, m, _ in items]

@@ -177,7 +177,7 @@ class Loop:
                 if stage.name == "pretrain":
                     self.publish_pretrained()
                 self.save()
-        summary = self.finish(time.time() - t0)
+        summary = self.rt.share(self.finish(time.time() - t0) if self.rt.is_main else None)
         if self.last_report is not None:
             # the final epoch, reported once the summary exists (also when a run stopped after
             # its last epoch is resumed: whoever watches the reports must still see it)
@@ -215,7 +215,9 @@ class Loop:
             logs = self.run_epoch(stage, loaders, Step(e, 0, iters, scfg.epochs))
             for net in self.method.networks.values():
                 self.rt.broadcast_state(net)
-            scores = self.validate(e) if selects else self.monitor(stage)
+            # scored once, on rank 0, and shared: every rank keeps the same selection state
+            scores, self.best = self.rt.share(
+                ((self.validate(e) if selects else self.monitor(stage)), self.best) if self.rt.is_main else None)
             self.epoch += 1
             metrics = logs | scores | {"lr": lr}
             self.record(stage.name, e, metrics, time.time() - t0)
@@ -303,7 +305,7 @@ class Loop:
 
     # ------------------------------------------------------------------ end of run
     def finish(self, seconds: float) -> dict:
-        """Load the kept model, score validation and (once) the test split, write summary.json.
+        """Main rank: load the kept model, score validation and (once) the test split, write summary.json.
         Every score stands beside the trivial ones of its split, and a model that does not beat
         predicting foreground everywhere is flagged."""
         kept = load_kept(self.rd.path, self.rt.device)
@@ -324,10 +326,9 @@ class Loop:
                  if summary[part] and not summary[part]["beats_trivial"]]
         if flags:
             summary["warning"] = "; ".join(flags)
-        if self.rt.is_main:
-            self.rd.write_json("summary.json", summary)
-            self.rd.log({"stage": "final", "epoch": self.cfg.train.epochs, "val_dice": summary["val"].get("dice"),
-                         "test_dice": summary["test"].get("dice")})
+        self.rd.write_json("summary.json", summary)  # finish runs on the main rank only
+        self.rd.log({"stage": "final", "epoch": self.cfg.train.epochs, "val_dice": summary["val"].get("dice"),
+                     "test_dice": summary["test"].get("dice")})
         test = summary["test"]
         self.log(f"kept {kept.predictor} from epoch {kept.selected['epoch'] + 1} (threshold {kept.threshold:.2f}): "
                  f"val dice {summary['val'].get('dice', float('nan')):.4f}, test dice {test.get('dice', float('nan')):.4f}"

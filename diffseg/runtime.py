@@ -79,15 +79,31 @@ class Runtime:
                           persistent_workers=False)
 
     # -- collective operations; no-ops in a single process
-    def sync_gradients(self, params) -> None:
-        """Average the gradients of ``params`` (what the stepped optimizers hold) over the ranks."""
+    def sync_gradients(self, params, bucket_mb: float = 25.0) -> None:
+        """Average the gradients of ``params`` (what the stepped optimizers hold) over the ranks,
+        flattened into buckets of about ``bucket_mb`` MB: a few all-reduces per step instead of
+        one per tensor (what costs on a network between nodes is the number of round trips)."""
         if not self.distributed:
             return
+        grads = []
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)  # every rank must join every all_reduce
-            dist.all_reduce(p.grad)
-            p.grad /= self.world_size
+            grads.append(p.grad)
+        limit, bucket, size = bucket_mb * 2**20, [], 0
+        for g in grads + [None]:
+            if g is not None and (not bucket or (size + g.numel() * g.element_size() <= limit
+                                                 and g.dtype == bucket[0].dtype)):
+                bucket.append(g)
+                size += g.numel() * g.element_size()
+                continue
+            if bucket:
+                flat = torch._utils._flatten_dense_tensors(bucket)
+                dist.all_reduce(flat)
+                flat /= self.world_size
+                for grad, synced in zip(bucket, torch._utils._unflatten_dense_tensors(flat, bucket)):
+                    grad.copy_(synced)
+            bucket, size = ([g], g.numel() * g.element_size()) if g is not None else ([], 0)
 
     def broadcast_state(self, module: nn.Module) -> None:
         """Rank 0's parameters and buffers (BatchNorm statistics) to every rank."""
@@ -95,6 +111,14 @@ class Runtime:
             return
         for tensor in list(module.parameters()) + list(module.buffers()):
             dist.broadcast(tensor.data, 0)
+
+    def share(self, obj):
+        """Rank 0's ``obj`` on every rank (work done once, on rank 0, and its result shared)."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def mean(self, value: float) -> float:
         if not self.distributed:

@@ -33,7 +33,8 @@ def study_with(**changes):
 def test_good_study_round_trips_through_its_resolved_file():
     study = parse_study(study_with(), source="x.yaml")
     assert study.max_epochs == 3 and study.metric == "val_dice" and study.scheduler == "asha"
-    assert study.data_root.startswith("/") and study.cache_dir.startswith("/")  # resolved for trial processes
+    assert study.data_root == "" and study.cache_dir == ""  # each node resolves them from its environment
+    assert parse_study(study_with(), data_root="rel/data").data_root.startswith("/")
     assert "root" not in study.config["data"]  # where data lives is not a hyperparameter
     again = study_from_yaml(study.to_yaml())
     assert again == study

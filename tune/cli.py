@@ -18,6 +18,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--data-root", default="", help="dataset root (default: $DIFFSEG_DATA or ../shared/data)")
     s.add_argument("--cache-dir", default="", help="preprocessing cache (default: $DIFFSEG_CACHE or ~/.cache/diffseg)")
     _where(s)
+    j = sub.add_parser("submit", help="run a study on a Ray cluster as a Ray job (see cluster/README.md)")
+    j.add_argument("study", help="a shipped study name, or a study file inside the project")
+    j.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://HEAD:8265")
+    j.add_argument("--storage", default="", help="absolute folder every node mounts (default: DIFFSEG_STUDIES "
+                                                 "in cluster/runtime_env.yaml)")
+    j.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
+    j.add_argument("--name", help="study name (default: the study file's name and the time)")
+    j.add_argument("--data-root", default="", help="dataset root on the cluster (default: its DIFFSEG_DATA)")
+    j.add_argument("--runtime-env", default=None, help="runtime environment YAML (default: cluster/runtime_env.yaml)")
+    j.add_argument("--no-wait", action="store_true", help="print the job id and return; do not follow the logs")
     r = sub.add_parser("resume", help="continue an interrupted study; finished trials are kept")
     r.add_argument("name")
     _where(r)
@@ -54,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
 
             overhead(args.config, args.overrides, args.output, args.repeat)
             return 0
+        if args.command == "submit":
+            from .jobs import RUNTIME_ENV, submit
+
+            return submit(args.study, args.address, args.storage, args.overrides, args.name, args.data_root,
+                          wait=not args.no_wait, runtime_env=args.runtime_env or RUNTIME_ENV)
         from . import driver
 
         if args.command == "search":

@@ -26,6 +26,8 @@ from diffseg.config import ConfigError
 from diffseg.data import prepare
 
 from . import report
+from .cluster_checks import alive_nodes, check_storage, check_worker_fits
+from .jobs import storage_for
 from .paths import existing_study_dir, journal, study_dir_for
 from .progress import Progress
 from .searcher import StudySearch
@@ -39,7 +41,7 @@ def search(study_file: str, overrides: list[str] | None = None, name: str | None
     study = load_study(study_file, overrides, data_root, cache_dir)
     if name:
         study = dataclasses.replace(study, name=check_name(name))
-    study_dir = study_dir_for(study.name, storage)
+    study_dir = study_dir_for(study.name, storage_for(storage))
     if study_dir.exists() and any(study_dir.iterdir()):
         raise ConfigError(f"study '{study.name}' already exists at {study_dir}; continue it with "
                           f"`python -m tune resume {study.name}` or choose another --name")
@@ -48,7 +50,7 @@ def search(study_file: str, overrides: list[str] | None = None, name: str | None
     say("checking the data (and building its cache once, before any trial starts)")
     prepare(study.base_config().data, progress=True, root=study.data_root, cache_dir=study.cache_dir)
     # the cluster check comes before the folder exists: a refusal must not take the name
-    _connect(address, study, verbose)
+    _connect(address, study, verbose, study_dir.parent)
     study_dir.mkdir(parents=True, exist_ok=True)
     (study_dir / "study.yaml").write_text(study.to_yaml())
     tuner = ray.tune.Tuner(trainable(study, study_dir), tune_config=tune_config(study, study_dir),
@@ -57,12 +59,12 @@ def search(study_file: str, overrides: list[str] | None = None, name: str | None
 
 
 def resume(name: str, storage: str | None = None, address: str | None = None, verbose: bool = False) -> Path:
-    study_dir = existing_study_dir(name, storage)
+    study_dir = existing_study_dir(name, storage_for(storage))
     study = study_from_yaml((study_dir / "study.yaml").read_text())
     if not ray.tune.Tuner.can_restore(str(study_dir / "tune")):
         raise ConfigError(f"study '{name}' at {study_dir} has no restorable Tune state "
                           f"(tune/tuner.pkl missing): it never started a trial")
-    _connect(address, study, verbose)
+    _connect(address, study, verbose, study_dir.parent)
     say(f"resuming study {name} from {study_dir}: unfinished and errored trials continue, "
         f"finished ones are kept")
     tuner = ray.tune.Tuner.restore(str(study_dir / "tune"), trainable=trainable(study, study_dir),
@@ -141,12 +143,14 @@ def tune_config(study: Study, study_dir: Path) -> ray.tune.TuneConfig:
 
 def run_config(study: Study, study_dir: Path) -> ray.tune.RunConfig:
     progress = Progress(study.name, study.metric, study.mode, study.max_epochs, study.trials, study.scheduler)
-    # worker failures are retried inside each TorchTrainer (study.max_failures), not again here
+    # a failed worker group is restarted inside its TorchTrainer (study.max_failures); a trial
+    # whose own process died (its node was lost) is restarted by Tune as often, and resumes
+    # from its run folder on the shared storage
     return ray.tune.RunConfig(name="tune", storage_path=str(study_dir), callbacks=[progress], verbose=0,
-                              failure_config=ray.tune.FailureConfig(max_failures=0))
+                              failure_config=ray.tune.FailureConfig(max_failures=study.max_failures))
 
 
-def _connect(address: str | None, study: Study, verbose: bool) -> None:
+def _connect(address: str | None, study: Study, verbose: bool, storage_root: Path) -> None:
     # Tune saves its state every few seconds, so a killed driver loses little
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     if not verbose:
@@ -157,14 +161,13 @@ def _connect(address: str | None, study: Study, verbose: bool) -> None:
         # progress lines; it stays in each trial's train.log and Ray's session logs.
         ray.init(address=address, log_to_driver=verbose,
                  logging_level=logging.INFO if verbose else logging.ERROR)
-    need_cpu = study.workers * study.cpus_per_worker
+    check_worker_fits(study.cpus_per_worker, study.gpus_per_worker, study.workers)
+    storage_root.mkdir(parents=True, exist_ok=True)
+    check_storage(storage_root)
     have = ray.cluster_resources()
-    if need_cpu > have.get("CPU", 0) or study.workers * study.gpus_per_worker > have.get("GPU", 0):
-        raise ConfigError(f"one trial needs {need_cpu:g} CPUs and {study.workers * study.gpus_per_worker:g} "
-                          f"GPUs (resources in the study), but the cluster has {have.get('CPU', 0):g} CPUs "
-                          f"and {have.get('GPU', 0):g} GPUs")
-    say(f"ray cluster: {have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs; up to {study.concurrency} "
-        f"trials at once, each {study.workers} worker(s)")
+    say(f"ray cluster: {len(alive_nodes())} node(s), {have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs; "
+        f"up to {study.concurrency} trials at once, each {study.workers} worker(s); storage {storage_root} "
+        f"writable from every node")
 
 
 class _DropHarmless(logging.Filter):

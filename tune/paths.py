@@ -9,9 +9,14 @@ from diffseg.config import ConfigError
 
 DEFAULT_STORAGE = "studies"
 JOURNAL = "optuna.journal"
+STARTS = "trial_starts"  # one JSON file per trial (re)start
 
 
 def study_dir_for(name: str, storage: str | None) -> Path:
+    """``<storage>/<name>``; storage defaults to ``$DIFFSEG_STUDIES``, else ``studies``."""
+    import os
+
+    storage = storage or os.environ.get("DIFFSEG_STUDIES") or None
     if storage and "://" in storage:
         raise ConfigError(f"--storage {storage!r}: a URI needs the cluster support of a later issue; "
                           f"give a folder every node can read (a local path or an NFS mount)")
@@ -31,3 +36,11 @@ def journal(study_dir: Path) -> optuna.storages.JournalStorage:
     from optuna.storages.journal import JournalFileBackend
 
     return optuna.storages.JournalStorage(JournalFileBackend(str(Path(study_dir) / JOURNAL)))
+
+
+def trial_starts(study_dir: Path) -> list[dict]:
+    """Every trial start record of a study, oldest first."""
+    import json
+
+    records = [json.loads(p.read_text()) for p in (Path(study_dir) / STARTS).glob("*.json")]
+    return sorted(records, key=lambda r: r["time"])

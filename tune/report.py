@@ -16,6 +16,7 @@ import yaml
 
 from diffseg.rundir import RunDir, read_jsonl
 
+from .paths import trial_starts
 from .study import Study, study_from_yaml
 
 
@@ -59,7 +60,7 @@ def read_json(path: Path) -> dict:
 
 def collect(study: Study, study_dir: Path, study_ot=None) -> list[dict]:
     ot = optuna_trials(study_ot)
-    starts = Counter(r["trial_id"] for r in read_jsonl(study_dir / "trial_starts.jsonl"))
+    starts = Counter(r["trial_id"] for r in trial_starts(study_dir))
     ids = sorted(set(ot) | {p.name for p in (study_dir / "trials").glob("*") if p.is_dir()},
                  key=lambda t: (getattr(ot.get(t), "number", 1e9), t))
     rows = []

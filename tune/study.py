@@ -266,12 +266,11 @@ def _check_values(param: Param, cfg: config_mod.Config, typ: type) -> None:
 
 
 def _absolute_paths(root: str, cache: str) -> dict:
-    """Trials run in other processes (and other folders): resolve the data and cache folders now,
-    as the core would on this machine."""
-    from diffseg.data.cache import cache_dir
-    from diffseg.data.sources import data_root
-
-    return {"data_root": str(data_root(root).resolve()), "cache_dir": str(cache_dir(cache).resolve())}
+    """Where trials find the data and the cache: what the command line gave, made absolute, or
+    empty, and then each node resolves it from its own environment ($DIFFSEG_DATA,
+    $DIFFSEG_CACHE; a job's runtime environment sets them), never from the driver's."""
+    return {"data_root": str(Path(root).expanduser().resolve()) if root else "",
+            "cache_dir": str(Path(cache).expanduser().resolve()) if cache else ""}
 
 
 def _check_resources(study: Study) -> None:

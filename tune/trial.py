@@ -24,6 +24,7 @@ from ray.util.queue import Empty, Queue
 
 from diffseg import config as config_mod
 
+from .paths import STARTS
 from .study import Study
 from .worker import ACK_FILE, train_loop
 
@@ -43,9 +44,7 @@ def run_trial(params: dict, study: Study, study_dir: str) -> None:
     cfg = study.trial_config(params, trial_id)
     run_dir = Path(study_dir) / "trials" / trial_id
     run_dir.mkdir(parents=True, exist_ok=True)
-    # one line per start: the report counts attempts, and tests check completed trials never rerun
-    with open(Path(study_dir) / "trial_starts.jsonl", "a") as fh:
-        fh.write(json.dumps({"trial_id": trial_id, "time": time.time(), "params": params}) + "\n")
+    record_start(Path(study_dir), trial_id, params)
     (run_dir / "params.json").write_text(json.dumps(params, indent=1))
     reports = Queue(actor_options={"num_cpus": 0})
     trainer = torch_trainer(study, cfg, run_dir, Path(study_dir), trial_id, reports=reports)
@@ -69,6 +68,17 @@ def run_trial(params: dict, study: Study, study_dir: str) -> None:
     thread.join()
     if "error" in outcome:
         raise outcome["error"]
+
+
+def record_start(study_dir: Path, trial_id: str, params: dict) -> None:
+    """One file per (re)start: the report counts attempts, and tests check that completed trials
+    never rerun. Files, not lines appended to one file: trials on several nodes write at once,
+    and appends to a shared file system are not atomic."""
+    folder = study_dir / STARTS
+    folder.mkdir(exist_ok=True)
+    stamp = time.time()
+    record = {"trial_id": trial_id, "time": stamp, "params": params, "node": ray.get_runtime_context().get_node_id()}
+    (folder / f"{trial_id}-{time.time_ns()}.json").write_text(json.dumps(record))
 
 
 def acknowledge(run_dir: Path, epoch: int) -> None:
@@ -95,7 +105,6 @@ def torch_trainer(study: Study, cfg, run_dir: Path, study_dir: Path, trial_id: s
         run_config=ray.train.RunConfig(
             name=trial_id, storage_path=str(study_dir / "train"),
             failure_config=ray.train.FailureConfig(max_failures=study.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             callbacks=[ForwardReports(reports)] if reports is not None else [],
             # Train's per-report INFO lines drown the study's progress output
             logging_config=ray.train.LoggingConfig(log_level="WARNING")),

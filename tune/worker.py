@@ -1,12 +1,13 @@
 """The per-worker training function: one Ray Train worker runs the diffseg core.
 
 Ray enters the core only here, as a ``Runtime`` built from the worker's context: its rank, world
-size and device, and a report callback that forwards each epoch's metrics (and, from rank 0, the
-checkpoint folder) to ``ray.train.report``.
+size and device, where the data and cache are (the job's environment when empty), and a report
+callback that forwards each epoch's metrics to ``ray.train.report``.
 """
 from __future__ import annotations
 
-import shutil
+import json
+import socket
 import time
 from pathlib import Path
 
@@ -36,18 +37,13 @@ def train_loop(loop_cfg: dict) -> None:
                       report=_reporter(rank, ack, log), data_root=loop_cfg["data_root"],
                       cache_dir=loop_cfg["cache_dir"])
     log(f"ray train worker rank {rank} of {world} on {runtime.device}, {torch.get_num_threads()} torch threads")
-    if rank == 0:
-        _restore_checkpoint(run_dir, log)
+    _record_nodes(run_dir, runtime)
     if not method_class(cfg.method).stage1_keys:  # nothing to share between trials
-        if world > 1:
-            dist.barrier()
         fit(cfg, run_dir, runtime, log=log)
         return
     shared = SharedTeacher(Path(loop_cfg["study_dir"]), cfg, runtime.numerics())
     reused = decide(shared, run_dir, log) if rank == 0 else False
-    reused = _broadcast(reused, world)
-    if world > 1:
-        dist.barrier()  # rank 0 has made the run folder and copied any checkpoint in
+    reused = runtime.share(reused)
     try:
         fit(cfg, run_dir, runtime, pretrained=shared.path if reused else None, log=log,
             on_pretrained=None if reused or rank else shared.publish)
@@ -63,13 +59,25 @@ def _device() -> torch.device:
     return torch.device("cpu")
 
 
+def _record_nodes(run_dir: Path, runtime: Runtime) -> None:
+    """Which node each rank runs on, in the run folder (``nodes.json``, rewritten per attempt)."""
+    here = {"rank": runtime.rank, "node_id": ray.get_runtime_context().get_node_id(),
+            "hostname": socket.gethostname()}
+    everyone = [here]
+    if runtime.distributed:
+        everyone = [None] * runtime.world_size
+        dist.all_gather_object(everyone, here)
+    if runtime.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "nodes.json").write_text(json.dumps(everyone, indent=1))
+
+
 def _reporter(rank: int, ack: Path | None, log):
     def report(metrics: dict, checkpoint_dir: Path | None) -> None:
-        # a barrier: every rank reports each epoch; only rank 0 hands over the checkpoint
-        checkpoint = None
-        if rank == 0 and checkpoint_dir is not None:
-            checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir))
-        ray.train.report(metrics, checkpoint=checkpoint)
+        # a barrier: every rank reports each epoch. No checkpoint goes to Ray: the run folder on
+        # the study's shared storage holds the only copy, written once per epoch, and a restarted
+        # worker group resumes from it
+        ray.train.report(metrics)
         if ack is not None and rank == 0:
             _wait_for_ack(ack, int(metrics["epoch"]), log)
         if ack is not None and dist.is_initialized():
@@ -89,28 +97,6 @@ def _wait_for_ack(ack: Path, epoch: int, log) -> None:
             pass
         time.sleep(0.05)
     log(f"no acknowledgement from Tune for epoch {epoch} after {ACK_TIMEOUT_S}s; going on")
-
-
-def _restore_checkpoint(run_dir: Path, log) -> None:
-    """After a worker restart on a node that cannot see the old run folder, Ray's stored
-    checkpoint is the only copy: put it where the loop resumes from."""
-    checkpoint = ray.train.get_checkpoint()
-    last = run_dir / "checkpoints" / "last.pt"
-    if checkpoint is None or last.exists():
-        return
-    with checkpoint.as_directory() as folder:
-        last.parent.mkdir(parents=True, exist_ok=True)
-        for item in Path(folder).glob("*.pt"):
-            shutil.copyfile(item, last.parent / item.name)
-    log(f"checkpoint restored from Ray storage {checkpoint.path}")
-
-
-def _broadcast(value: bool, world: int) -> bool:
-    if world == 1:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return bool(box[0])
 
 
 def _logger(run_dir: Path, rank: int):

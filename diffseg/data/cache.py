@@ -14,6 +14,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from filelock import FileLock
 
 from ..errors import DataError
 from .sources import Source
@@ -40,6 +41,13 @@ def network_shape(shape: tuple[int, int], size: int, scale: float) -> tuple[int,
     return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
 
 
+def open_cache(path: Path) -> h5py.File:
+    """A cache for reading. A complete cache is never written again (a rebuild goes to a new
+    file renamed over it), so HDF5's own file locking is off: on NFS it fails spuriously, and a
+    failed lock must never look like a corrupt cache."""
+    return h5py.File(path, "r", locking=False)
+
+
 def read_item(fh: h5py.File, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Image (H, W, C) uint8, mask and field of view (or None) of one item at the network's scale."""
     if fh.attrs.get("layout") != "tiles":
@@ -59,7 +67,7 @@ def original(fh: h5py.File, name: str, index: int) -> np.ndarray:
 
 def is_valid(path: Path, n_items: int) -> bool:
     try:
-        with h5py.File(path, "r") as fh:
+        with open_cache(path) as fh:
             if fh.attrs.get("complete") != 1 or fh["orig_offset"].shape[0] != n_items + 1:
                 return False
             read_item(fh, n_items - 1)  # reads the last chunk
@@ -199,11 +207,17 @@ def ensure(source: Source, size: int, directory: str = "", progress: bool = True
     path = cache_path(source, size, cache_dir(directory), scale)
     if path.exists() and is_valid(path, len(source.items)):
         return path
-    if path.exists():
-        print(f"cache {path} is incomplete or corrupt: rebuilding", file=sys.stderr)
-        path.unlink()
-    if progress:
-        at = f"x{scale:g} of their size" if scale > 0 else f"{size}x{size}"
-        print(f"building cache {path} ({len(source.items)} images at {at})", file=sys.stderr)
-    build(source, size, path, progress, scale)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # one builder per cache file, also across nodes sharing the folder; the others wait, then
+    # find it complete. A rebuild replaces the file by rename and never deletes it first: a
+    # process still reading the old one keeps it open, intact.
+    with FileLock(str(path.with_name(path.name + ".lock"))):
+        if path.exists() and is_valid(path, len(source.items)):
+            return path
+        if path.exists():
+            print(f"cache {path} is incomplete or corrupt: rebuilding it", file=sys.stderr)
+        if progress:
+            at = f"x{scale:g} of their size" if scale > 0 else f"{size}x{size}"
+            print(f"building cache {path} ({len(source.items)} images at {at})", file=sys.stderr)
+        build(source, size, path, progress, scale)
     return path

@@ -45,7 +45,7 @@ class CachedImages(Dataset):
 
     def _file(self) -> h5py.File:
         if self._fh is None or self._pid != os.getpid():  # a forked worker opens its own handle
-            self._fh, self._pid = h5py.File(self.path, "r"), os.getpid()
+            self._fh, self._pid = cache.open_cache(self.path), os.getpid()
         return self._fh
 
     def close(self) -> None:
@@ -122,7 +122,7 @@ def prepare(data_cfg, seed_splits: splits_mod.Splits | None = None, progress: bo
     source = sources.open_source(data_cfg, root)
     path = cache.ensure(source, data_cfg.size, str(cache_dir or ""), progress, data_cfg.scale)
     splits = seed_splits or make_run_splits(source, data_cfg)
-    with h5py.File(path, "r") as fh:
+    with cache.open_cache(path) as fh:
         names = [n.decode() for n in fh["names"][()]]
         mean, std = np.asarray(fh.attrs["mean"]), np.asarray(fh.attrs["std"])
     return PreparedData(source, path, splits, {n: i for i, n in enumerate(names)}, mean, std,

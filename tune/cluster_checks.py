@@ -1,0 +1,58 @@
+"""Checks on the Ray cluster a study is about to use, before its folder is made: a trial's
+worker fits on one node, and every node can write the study storage."""
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from diffseg.config import ConfigError
+
+
+def alive_nodes() -> list[dict]:
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def check_worker_fits(cpus: float, gpus: float, workers: int) -> None:
+    """A Train worker runs on one node: the largest node must hold one, and the cluster all of a
+    trial's (comparing the cluster's totals alone lets a worker bigger than any node pass, and
+    it would never be scheduled)."""
+    nodes = alive_nodes()
+    sizes = [(n["Resources"].get("CPU", 0), n["Resources"].get("GPU", 0)) for n in nodes]
+    if not any(c >= cpus and g >= gpus for c, g in sizes):
+        shown = ", ".join(f"{c:g} CPU/{g:g} GPU" for c, g in sizes)
+        raise ConfigError(f"one trial worker needs {cpus:g} CPUs and {gpus:g} GPUs on one node "
+                          f"(resources in the study), but no node has that (nodes: {shown})")
+    total_cpu, total_gpu = sum(c for c, _ in sizes), sum(g for _, g in sizes)
+    if workers * cpus > total_cpu or workers * gpus > total_gpu:
+        raise ConfigError(f"one trial needs {workers * cpus:g} CPUs and {workers * gpus:g} GPUs "
+                          f"(resources in the study), but the cluster has {total_cpu:g} CPUs and {total_gpu:g} GPUs")
+
+
+@ray.remote(num_cpus=0)
+def _probe(folder: str, token: str) -> str:
+    """Write, read back and remove a small file in ``folder``; '' on success, else the reason."""
+    path = Path(folder) / f".diffseg-probe-{token}"
+    try:
+        path.write_text(token)
+        ok = path.read_text() == token
+        path.unlink()
+        return "" if ok else "read back something else"
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+def check_storage(folder: Path) -> None:
+    """Every node writes the study storage, or the study is refused: trial run folders, shared
+    teachers and acknowledgements live there and are read across nodes."""
+    token = uuid.uuid4().hex[:8]
+    nodes = alive_nodes()
+    probes = [_probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+              .remote(str(folder), f"{token}-{i}") for i, n in enumerate(nodes)]
+    failed = [(n, why) for n, why in zip(nodes, ray.get(probes, timeout=120)) if why]
+    if failed:
+        shown = "; ".join(f"node {n['NodeManagerAddress']} ({n['NodeID'][:8]}): {why}" for n, why in failed)
+        raise ConfigError(f"the study storage {folder} is not writable from every node ({shown}); give --storage "
+                          f"a folder every node mounts")
