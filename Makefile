@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo debug test test-fast bench clean
+.PHONY: demo debug test test-fast speed benchmark benchmark-smoke clean
 
 # the demo study uses this dataset when DIFFSEG_DATA points at real data
 DEMO_DATASET ?= glas
@@ -25,8 +25,16 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -ra -m "not slow"
 
-bench: $(STAMP)
+# the speed benchmark: steps/s and memory of every method's training step (diffseg bench)
+speed: $(STAMP)
 	$(PY) -m diffseg bench
+
+# the methods benchmark: datasets x label ratios x seeds x methods as Ray trials (small preset)
+benchmark: $(STAMP)
+	$(PY) -m experiments.benchmark default
+
+benchmark-smoke: $(STAMP)
+	$(PY) -m experiments.benchmark smoke
 
 clean:
 	rm -rf runs .pytest_cache

@@ -311,7 +311,9 @@ class Loop:
         kept = load_kept(self.rd.path, self.rt.device)
         summary = {"run_dir": str(self.rd.path), "method": self.cfg.method, "dataset": self.data.source.dataset,
                    "protocol": self.cfg.protocol, "resolution": self.cfg.eval.resolution,
-                   "counts": self.data.splits.counts(), "selected": kept.selected, "wall_s": round(seconds, 1)}
+                   "counts": self.data.splits.counts(), "selected": kept.selected, "wall_s": round(seconds, 1),
+                   "device": str(self.rt.device), "peak_memory_mb": round(peak_memory_mb(self.rt.device), 1),
+                   "pl_cost": self.method.pseudo_label_cost()}
         if evaluate.at_edge(kept.threshold):
             summary["selected"] = kept.selected | {"threshold_at_edge": True}
             summary["threshold_note"] = (f"the threshold {kept.threshold:.2f} sits at the end of the grid "
@@ -346,6 +348,15 @@ class Loop:
         out = evaluate.score(probs, truth.gts, truth.fovs, kept.threshold, self.data.source.spacing)
         trivial = truth.trivial()
         return out | trivial | {"beats_trivial": out["dice"] > max(trivial.values())}
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """The run's peak memory: the CUDA allocator's peak, or the process's peak resident size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def fit(cfg, run_dir, runtime: Runtime | None = None, pretrained: Path | None = None, log=None,

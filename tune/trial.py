@@ -40,14 +40,20 @@ class ForwardReports(UserCallback):
 
 
 def run_trial(params: dict, study: Study, study_dir: str) -> None:
+    """A study's trial: the study's base config with this trial's sampled parameters."""
     trial_id = ray.tune.get_context().get_trial_id()
-    cfg = study.trial_config(params, trial_id)
-    run_dir = Path(study_dir) / "trials" / trial_id
+    run_config(study.trial_config(params, trial_id), trial_id, params, study, Path(study_dir))
+
+
+def run_config(cfg, name: str, params: dict, study: Study, study_dir: Path) -> None:
+    """Run one config as a Tune trial through a TorchTrainer, in ``<study_dir>/trials/<name>``;
+    a study's trials and a benchmark's cells both come here. ``study`` gives the resources."""
+    run_dir = study_dir / "trials" / name
     run_dir.mkdir(parents=True, exist_ok=True)
-    record_start(Path(study_dir), trial_id, params)
+    record_start(study_dir, name, params)
     (run_dir / "params.json").write_text(json.dumps(params, indent=1))
     reports = Queue(actor_options={"num_cpus": 0})
-    trainer = torch_trainer(study, cfg, run_dir, Path(study_dir), trial_id, reports=reports)
+    trainer = torch_trainer(study, cfg, run_dir, study_dir, name, reports=reports)
     outcome: dict = {}
 
     def fit() -> None:
@@ -56,7 +62,7 @@ def run_trial(params: dict, study: Study, study_dir: str) -> None:
         except BaseException as exc:  # re-raised in the trial's own thread below
             outcome["error"] = exc
 
-    thread = threading.Thread(target=fit, name=f"trainer-{trial_id}", daemon=True)
+    thread = threading.Thread(target=fit, name=f"trainer-{name}", daemon=True)
     thread.start()
     while thread.is_alive() or not reports.empty():
         try:

@@ -1,0 +1,190 @@
+"""The benchmark's tables and plots, from its folder alone (no Ray): results.csv, table.md
+(mean and 95 % confidence interval over seeds, paired comparisons of the paper's method against
+each baseline), and plots."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import yaml
+
+PAPER = "diffusion_cps"
+COLUMNS = ["dataset", "ratio", "seed", "method", "cell", "kept", "test_dice", "test_jaccard", "test_dice_mean",
+           "test_hd95_mean", "test_asd_mean", "test_all_foreground_dice", "val_dice", "val_jaccard", "wall_s",
+           "peak_memory_mb", "pl_cost", "device", "resolution", "run_dir"]
+METRICS = (("test_dice", "Dice", "max"), ("test_jaccard", "Jaccard", "max"), ("test_hd95_mean", "HD95", "min"),
+           ("test_asd_mean", "ASD", "min"))
+
+
+def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    """Mean and the half-width of its Student-t confidence interval (nan for one value)."""
+    from scipy import stats
+
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    n = len(vals)
+    if n == 0:
+        return math.nan, math.nan
+    mean = sum(vals) / n
+    if n < 2:
+        return mean, math.nan
+    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
+    return mean, float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+
+
+def collect(bench_dir: Path) -> list[dict]:
+    rows = []
+    for run in sorted((bench_dir / "trials").glob("*")):
+        summary_path = run / "summary.json"
+        if not summary_path.exists():
+            continue
+        s = json.loads(summary_path.read_text())
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        test, val = s.get("test") or {}, s.get("val") or {}
+        rows.append({"dataset": cfg["data"]["dataset"], "ratio": cfg["data"]["labeled_ratio"], "seed": cfg["seed"],
+                     "method": cfg["method"], "cell": run.name, "kept": s["selected"]["predictor"],
+                     "test_dice": test.get("dice"), "test_jaccard": test.get("jaccard"),
+                     "test_dice_mean": test.get("dice_mean"), "test_hd95_mean": test.get("hd95_mean"),
+                     "test_asd_mean": test.get("asd_mean"), "test_all_foreground_dice": test.get("all_foreground_dice"),
+                     "val_dice": val.get("dice"), "val_jaccard": val.get("jaccard"), "wall_s": s.get("wall_s"),
+                     "peak_memory_mb": s.get("peak_memory_mb"), "pl_cost": s.get("pl_cost"), "device": s.get("device"),
+                     "resolution": s.get("resolution"), "run_dir": str(run)})
+    return rows
+
+
+def paired(rows: list[dict], baseline: str) -> dict[tuple, dict]:
+    """Per dataset and ratio: the paper's method minus ``baseline``, seed by seed, with the mean
+    difference's interval; a win or a loss only when the interval excludes zero."""
+    by = {(r["dataset"], r["ratio"], r["seed"], r["method"]): r["test_dice"] for r in rows}
+    out = {}
+    for dataset, ratio in sorted({(r["dataset"], r["ratio"]) for r in rows}):
+        diffs = [by[(dataset, ratio, s, PAPER)] - by[(dataset, ratio, s, baseline)]
+                 for s in sorted({r["seed"] for r in rows})
+                 if by.get((dataset, ratio, s, PAPER)) is not None and by.get((dataset, ratio, s, baseline)) is not None]
+        mean, half = mean_ci(diffs)
+        verdict = ("cannot tell" if not math.isfinite(half) or abs(mean) <= half
+                   else "paper wins" if mean > 0 else "paper loses")
+        out[(dataset, ratio)] = {"diffs": diffs, "mean": mean, "half": half, "verdict": verdict}
+    return out
+
+
+def write(bench_dir: str | Path) -> Path:
+    bench_dir = Path(bench_dir)
+    bench = yaml.safe_load((bench_dir / "benchmark.yaml").read_text())
+    rows = collect(bench_dir)
+    with open(bench_dir / "results.csv", "w", newline="") as fh:
+        out = csv.DictWriter(fh, COLUMNS)
+        out.writeheader()
+        out.writerows(rows)
+    plots = make_plots(rows, bench_dir)
+    (bench_dir / "table.md").write_text(markdown(bench, rows, plots))
+    return bench_dir / "table.md"
+
+
+def _fmt(mean: float, half: float, digits: int = 3) -> str:
+    if not math.isfinite(mean):
+        return "-"
+    return f"{mean:.{digits}f} ± {half:.{digits}f}" if math.isfinite(half) else f"{mean:.{digits}f}"
+
+
+def markdown(bench: dict, rows: list[dict], plots: dict) -> str:
+    groups = defaultdict(list)
+    for r in rows:
+        groups[(r["dataset"], r["ratio"], r["method"])].append(r)
+    lines = [f"# Benchmark {bench['name']}", "",
+             f"- preset `{bench['preset']}`; {len(rows)} finished cells; seeds {list(bench['seeds'])}; "
+             f"methods {', '.join(bench['methods'])}",
+             "- test split scored once per cell, at the images' own size; mean ± half-width of the 95 % "
+             "Student-t interval over seeds; **bold**: the best mean of its column (higher Dice and Jaccard, "
+             "lower HD95 and ASD, in pixels)", ""]
+    for dataset in sorted({r["dataset"] for r in rows}):
+        floor = next((r["test_all_foreground_dice"] for r in rows if r["dataset"] == dataset
+                      and r["test_all_foreground_dice"] is not None), None)
+        lines += [f"## {dataset}", ""]
+        if floor is not None:
+            lines += [f"Predicting foreground everywhere scores test Dice {floor:.3f}.", ""]
+        for ratio in sorted({r["ratio"] for r in rows if r["dataset"] == dataset}):
+            methods = [m for m in bench["methods"] if (dataset, ratio, m) in groups]
+            stats = {m: {key: mean_ci([r[key] for r in groups[(dataset, ratio, m)]]) for key, _, _ in METRICS}
+                     for m in methods}
+            best = {key: (max if how == "max" else min)(
+                (stats[m][key][0] for m in methods if math.isfinite(stats[m][key][0])), default=math.nan)
+                for key, _, how in METRICS}
+            lines += [f"### {dataset}, {round(ratio * 100)} % labels", "",
+                      "| method | n | " + " | ".join(label for _, label, _ in METRICS) + " | wall s per cell |",
+                      "|---|---|" + "---|" * (len(METRICS) + 1)]
+            for m in methods:
+                cells = []
+                for key, _, _ in METRICS:
+                    mean, half = stats[m][key]
+                    text = _fmt(mean, half, 1 if "hd95" in key or "asd" in key else 3)
+                    cells.append(f"**{text}**" if mean == best[key] and len(methods) > 1 else text)
+                wall = mean_ci([r["wall_s"] for r in groups[(dataset, ratio, m)]])[0]
+                lines.append(f"| {m} | {len(groups[(dataset, ratio, m)])} | " + " | ".join(cells) + f" | {wall:.0f} |")
+            lines.append("")
+    if PAPER in bench["methods"]:
+        lines += ["## The paper's method against each baseline (paired by seed)", "",
+                  "Test Dice of the paper's method minus the baseline's, seed by seed, and the mean difference "
+                  "with its 95 % interval: a win or a loss only when the interval excludes 0.", "",
+                  "| dataset | labels | baseline | differences | mean ± 95 % CI | verdict |", "|---|---|---|---|---|---|"]
+        for baseline in [m for m in bench["methods"] if m != PAPER]:
+            for (dataset, ratio), p in paired(rows, baseline).items():
+                if p["diffs"]:
+                    lines.append(f"| {dataset} | {round(ratio * 100)} % | {baseline} | "
+                                 + ", ".join(f"{d:+.3f}" for d in p["diffs"])
+                                 + f" | {_fmt(p['mean'], p['half'])} | {p['verdict']} |")
+        lines.append("")
+    lines += ["## Cost", "", "Wall time per cell at equal iterations (the paper's method also pays its stage 1, "
+              "shared between cells with the same stage-1 key; see `diffseg bench` for per-step costs).", ""]
+    for name, path in plots.items():
+        lines += [f"![{name}]({path})", ""]
+    return "\n".join(lines)
+
+
+def make_plots(rows: list[dict], bench_dir: Path) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        return {}
+    folder = bench_dir / "plots"
+    folder.mkdir(exist_ok=True)
+    datasets = sorted({r["dataset"] for r in rows})
+    methods = sorted({r["method"] for r in rows})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets) + 1, 4), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        for m in methods:
+            ratios = sorted({r["ratio"] for r in rows if r["dataset"] == dataset and r["method"] == m})
+            stats = [mean_ci([r["test_dice"] for r in rows if (r["dataset"], r["ratio"], r["method"]) == (dataset, q, m)])
+                     for q in ratios]
+            means = [s[0] for s in stats]
+            halves = [s[1] if math.isfinite(s[1]) else 0.0 for s in stats]
+            xs = [q * 100 for q in ratios]
+            ax.plot(xs, means, marker="o", label=m)
+            ax.fill_between(xs, [a - b for a, b in zip(means, halves)], [a + b for a, b in zip(means, halves)], alpha=0.15)
+        floor = next((r["test_all_foreground_dice"] for r in rows if r["dataset"] == dataset
+                      and r["test_all_foreground_dice"] is not None), None)
+        if floor is not None:
+            ax.axhline(floor, color="grey", linestyle=":", label="all-foreground")
+        ax.set_title(dataset)
+        ax.set_xlabel("labeled images (%)")
+        ax.set_ylabel("test Dice (mean, 95 % CI band)")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
+    fig.tight_layout()
+    fig.savefig(folder / "dice_vs_ratio.png", dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    walls = [mean_ci([r["wall_s"] for r in rows if r["method"] == m]) for m in methods]
+    ax.bar(methods, [w[0] for w in walls], yerr=[w[1] if math.isfinite(w[1]) else 0 for w in walls], capsize=3)
+    ax.set_ylabel("wall time per cell (s)")
+    ax.set_title("cost per method (equal iterations)")
+    ax.tick_params(axis="x", labelrotation=15)
+    fig.tight_layout()
+    fig.savefig(folder / "cost.png", dpi=110)
+    plt.close(fig)
+    return {"Dice against label ratio": "plots/dice_vs_ratio.png", "Cost per method": "plots/cost.png"}

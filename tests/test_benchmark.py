@@ -1,0 +1,63 @@
+"""The methods benchmark: a smoke benchmark on real GlaS through Ray trials, its tables and plots
+read back, a second invocation that runs nothing again, and the intervals by hand."""
+import csv
+import math
+
+import pytest
+
+from experiments import bench_report, benchmark
+
+
+def test_confidence_interval_and_paired_verdicts_by_hand():
+    mean, half = bench_report.mean_ci([1.0, 2.0, 3.0])
+    # sd = 1, n = 3, t(0.975, 2) = 4.302653
+    assert mean == 2.0 and half == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)
+    assert math.isnan(bench_report.mean_ci([0.7])[1])
+    rows = [{"dataset": "d", "ratio": 0.1, "seed": s, "method": m, "test_dice": v}
+            for s, (p, b) in enumerate([(0.80, 0.70), (0.82, 0.71), (0.79, 0.70)])
+            for m, v in (("diffusion_cps", p), ("supervised", b))]
+    result = bench_report.paired(rows, "supervised")[("d", 0.1)]
+    assert result["diffs"] == pytest.approx([0.10, 0.11, 0.09]) and result["verdict"] == "paper wins"
+    noisy = [dict(r, test_dice=r["test_dice"] + (0.2 if r["seed"] == 1 and r["method"] == "supervised" else 0))
+             for r in rows]
+    assert bench_report.paired(noisy, "supervised")[("d", 0.1)]["verdict"] == "cannot tell"
+
+
+def test_cells_have_stable_names_and_presets():
+    bench = benchmark.load("default")
+    cells = bench.cells({"glas"})
+    assert len(cells) == 3 * 3 * 5 and "glas-cps-r10-s0" in {c.name for c in cells}
+    cell = next(c for c in cells if c.name == "glas-ua_mt-r5-s2")
+    assert cell.config["method"] == "ua_mt" and cell.config["data"]["labeled_ratio"] == 0.05
+    assert cell.config["seed"] == 2 and cell.config["data"]["size"] == 64  # the small preset
+    with pytest.raises(Exception, match="preset 'huge'"):
+        benchmark.load("default", preset="huge")
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_smoke_benchmark_on_real_glas_runs_reports_and_skips_finished_cells(ray_cluster, shared_data, tmp_path, capsys):
+    folder = benchmark.run("smoke", storage=str(tmp_path), data_root=str(shared_data))
+    out = capsys.readouterr().out
+    assert "6 cells" in out and "0 already finished, 6 to run" in out and "6/6 done" in out
+    with open(folder / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(r["cell"] for r in rows) == sorted(
+        f"glas-{m}-r10-s{s}" for m in ("diffusion_cps", "supervised", "cps") for s in (0, 1))
+    assert all(0 <= float(r["test_dice"]) <= 1 and r["device"] == "cpu" and float(r["wall_s"]) > 0 for r in rows)
+    table = (folder / "table.md").read_text()
+    assert "### glas, 10 % labels" in table and "| diffusion_cps | 2 |" in table
+    assert "The paper's method against each baseline" in table and "| glas | 10 % | cps |" in table
+    assert "Predicting foreground everywhere scores test Dice" in table
+    for png in ("dice_vs_ratio.png", "cost.png"):
+        assert (folder / "plots" / png).stat().st_size > 1000
+    # stage 1 of the paper's method: one pretraining per stage-1 key (two seeds: two keys)
+    assert len(list((folder / "pretrained").glob("*.pt"))) == 2
+    # a second invocation runs no cell again and rebuilds the same table
+    starts = len(list((folder / "trial_starts").glob("*.json")))
+    benchmark.run("smoke", storage=str(tmp_path), data_root=str(shared_data))
+    assert "6 already finished, 0 to run" in capsys.readouterr().out
+    assert len(list((folder / "trial_starts").glob("*.json"))) == starts
+    assert (folder / "table.md").read_text() == table
+    assert benchmark.main(["report", "smoke", "--storage", str(tmp_path)]) == 0
