@@ -41,6 +41,11 @@ class LocalCluster:
         self.cpus = cpus_per_node
         gcs, dash, *head_ports = free_ports(7)
         self.gcs, self.dashboard = f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}"
+        # every process of this cluster finds it by address, not by scanning the machine: with a
+        # second Ray instance on the machine (the test session's own), Ray Train's placement-group
+        # cleaner otherwise fails ("multiple active Ray instances") and a stopped trial's worker
+        # never gives its CPU back. A real cluster has one Ray instance per machine.
+        self.env["RAY_ADDRESS"] = self.gcs
         self._start("head", ["--head", f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
                              f"--ray-client-server-port={head_ports[4]}"], head_ports[:4])
         self.add_node("worker")

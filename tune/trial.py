@@ -26,7 +26,7 @@ from diffseg import config as config_mod
 
 from .paths import STARTS
 from .study import Study
-from .worker import ACK_FILE, train_loop
+from .worker import ACK_FILE, STOP, train_loop
 
 
 class ForwardReports(UserCallback):
@@ -69,7 +69,11 @@ def run_config(cfg, name: str, params: dict, study: Study, study_dir: Path) -> N
             metrics = reports.get(timeout=1.0)
         except (Empty, queue_mod.Empty):
             continue
-        ray.tune.report(metrics)  # returns only if Tune lets the trial go on; a stop ends it here
+        try:
+            ray.tune.report(metrics)  # returns only if Tune lets the trial go on
+        except BaseException:  # Tune stopped the trial (a scheduler's decision) or the driver is going
+            acknowledge(run_dir, STOP)  # the worker ends now rather than wait, and frees its resources
+            raise
         acknowledge(run_dir, int(metrics["epoch"]))
     thread.join()
     if "error" in outcome:
@@ -87,7 +91,7 @@ def record_start(study_dir: Path, trial_id: str, params: dict) -> None:
     (folder / f"{trial_id}-{time.time_ns()}.json").write_text(json.dumps(record))
 
 
-def acknowledge(run_dir: Path, epoch: int) -> None:
+def acknowledge(run_dir: Path, epoch: int | str) -> None:
     tmp = run_dir / f".{ACK_FILE}.tmp"
     tmp.write_text(str(epoch))
     tmp.replace(run_dir / ACK_FILE)

@@ -23,7 +23,12 @@ from diffseg.runtime import Runtime
 from .stage1 import SharedTeacher, decide
 
 ACK_FILE = "tune_ack"  # the last epoch Tune has taken (written by the trial function)
+STOP = "stop"  # written there instead when Tune stops the trial
 ACK_TIMEOUT_S = 600  # a driver that vanished must not hold a worker forever
+
+
+class Stopped(Exception):
+    """Tune stopped the trial: the worker ends its run cleanly (not a failure to retry)."""
 
 
 def train_loop(loop_cfg: dict) -> None:
@@ -33,20 +38,29 @@ def train_loop(loop_cfg: dict) -> None:
     run_dir = Path(loop_cfg["run_dir"])
     log = _logger(run_dir, rank)
     ack = run_dir / ACK_FILE if loop_cfg.get("wait_for_ack") else None
+    if ack is not None and rank == 0 and ack.exists() and ack.read_text().strip() == STOP:
+        ack.unlink()  # a stop meant for an earlier attempt of this trial
     runtime = Runtime(device=_device(), rank=rank, world_size=world, amp=loop_cfg.get("amp", True),
                       report=_reporter(rank, ack, log), data_root=loop_cfg["data_root"],
                       cache_dir=loop_cfg["cache_dir"])
     log(f"ray train worker rank {rank} of {world} on {runtime.device}, {torch.get_num_threads()} torch threads")
     _record_nodes(run_dir, runtime)
+    try:
+        _run(cfg, run_dir, runtime, loop_cfg, log)
+    except Stopped:
+        log("stopped by Tune")
+
+
+def _run(cfg, run_dir: Path, runtime: Runtime, loop_cfg: dict, log) -> None:
     if not method_class(cfg.method).stage1_keys:  # nothing to share between trials
         fit(cfg, run_dir, runtime, log=log)
         return
     shared = SharedTeacher(Path(loop_cfg["study_dir"]), cfg, runtime.numerics())
-    reused = decide(shared, run_dir, log) if rank == 0 else False
+    reused = decide(shared, run_dir, log) if runtime.is_main else False
     reused = runtime.share(reused)
     try:
         fit(cfg, run_dir, runtime, pretrained=shared.path if reused else None, log=log,
-            on_pretrained=None if reused or rank else shared.publish)
+            on_pretrained=None if reused or not runtime.is_main else shared.publish)
     finally:
         shared.release()
 
@@ -78,25 +92,34 @@ def _reporter(rank: int, ack: Path | None, log):
         # the study's shared storage holds the only copy, written once per epoch, and a restarted
         # worker group resumes from it
         ray.train.report(metrics)
-        if ack is not None and rank == 0:
-            _wait_for_ack(ack, int(metrics["epoch"]), log)
-        if ack is not None and dist.is_initialized():
-            dist.barrier()  # the other ranks wait for rank 0's acknowledgement too
+        if ack is None:
+            return
+        verdict = _wait_for_ack(ack, int(metrics["epoch"]), log) if rank == 0 else None
+        if dist.is_initialized():  # every rank goes on, or every rank ends
+            box = [verdict]
+            dist.broadcast_object_list(box, src=0)
+            verdict = box[0]
+        if verdict == STOP:
+            raise Stopped
     return report
 
 
-def _wait_for_ack(ack: Path, epoch: int, log) -> None:
-    """Until Tune has taken this epoch's result: a scheduler that stops the trial on it kills
-    the worker here, before it trains an epoch nobody will see."""
+def _wait_for_ack(ack: Path, epoch: int, log) -> str:
+    """Until Tune has taken this epoch's result; returns STOP when Tune stopped the trial on it
+    (the worker then ends before it trains an epoch nobody will see), else "go"."""
     deadline = time.time() + ACK_TIMEOUT_S
     while time.time() < deadline:
         try:
-            if int(ack.read_text() or -1) >= epoch:
-                return
+            text = ack.read_text().strip()
+            if text == STOP:
+                return STOP
+            if int(text or -1) >= epoch:
+                return "go"
         except (FileNotFoundError, ValueError):
             pass
         time.sleep(0.05)
     log(f"no acknowledgement from Tune for epoch {epoch} after {ACK_TIMEOUT_S}s; going on")
+    return "go"
 
 
 def _logger(run_dir: Path, rank: int):
