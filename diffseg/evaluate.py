@@ -62,6 +62,7 @@ class Truth:
 
     def __init__(self, data, part: str, resolution: str = "original"):
         self.resolution = resolution
+        self._trivial: dict | None = None
         rows = data.dataset(part).indices
         with open_cache(data.cache_path) as fh:
             if resolution == "training":  # the network's scale: size x size, or the scaled image
@@ -74,20 +75,19 @@ class Truth:
                 self.fovs = [original(fh, "orig_fov", i).astype(bool) if "orig_fov" in fh else np.ones_like(g)
                              for i, g in zip(rows, self.gts)]
 
-    def __len__(self) -> int:
-        return len(self.gts)
-
     def resize(self, probs: list[np.ndarray]) -> list[np.ndarray]:
         """Training-size probabilities at this truth's resolution, image by image."""
         return [upsample(p, g.shape) for p, g in zip(probs, self.gts)]
 
     def trivial(self) -> dict:
         """Pooled Dice of predicting foreground everywhere and background everywhere (inside the
-        field of view): the floor any model must beat to carry signal."""
-        gt = sum(int((g & f).sum()) for g, f in zip(self.gts, self.fovs))
-        area = sum(int(f.sum()) for f in self.fovs)
-        return {"all_foreground_dice": 1.0 if area + gt == 0 else 2 * gt / (area + gt),
-                "all_background_dice": 1.0 if gt == 0 else 0.0}
+        field of view): the floor any model must beat to carry signal. Computed once."""
+        if self._trivial is None:
+            gt = sum(int((g & f).sum()) for g, f in zip(self.gts, self.fovs))
+            area = sum(int(f.sum()) for f in self.fovs)
+            self._trivial = {"all_foreground_dice": 1.0 if area + gt == 0 else 2 * gt / (area + gt),
+                             "all_background_dice": 1.0 if gt == 0 else 0.0}
+        return dict(self._trivial)
 
 
 def best_threshold(probs, gts, fovs) -> tuple[float, float]:

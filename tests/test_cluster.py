@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from cluster import LocalCluster
-from tune.paths import trial_starts
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(2400)]
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["data.size=32", "model.width=8", "model.depth=2", "pretrain.epochs=1", "pretrain.iters_per_epoch=2",
         "train.iters_per_epoch=2", "train.batch_size=4", "pretrain.batch_size=4", "data.synthetic_count=16"]
@@ -93,8 +92,14 @@ def test_study_completes_when_a_node_is_lost(cluster):
     while time.time() < deadline and not on_worker():
         time.sleep(1)
     assert on_worker(), "no trial reached the second node"
+    # the trials caught on the node as it dies: started there, not finished
+    caught = [run.name for run in (study_dir / "trials").glob("*") if (run / "nodes.json").exists()
+              and json.loads((run / "nodes.json").read_text())[0]["node_id"] == worker
+              and not (run / "summary.json").exists()]
     killed = cluster.kill("worker")
     assert killed >= 2
+    # the rest runs on the head's one CPU, one trial at a time: give it time on a loaded machine
+    deadline = time.time() + 1200
     while time.time() < deadline and job_status(cluster, "diffseg-nodeloss") in ("RUNNING", "PENDING"):
         time.sleep(3)
     status = job_status(cluster, "diffseg-nodeloss")
@@ -104,6 +109,10 @@ def test_study_completes_when_a_node_is_lost(cluster):
     assert len(table) == 6 and {r["state"] for r in table} <= {"COMPLETE", "PRUNED"}, table
     assert all(r["val_dice"] for r in table)
     restarted = [r for r in table if int(r["attempts"]) > 1]
-    starts = trial_starts(study_dir)
-    assert len(starts) >= 6
+    # each trial caught on the dying node was restarted (its worker group by Train, or the whole
+    # trial by Tune) and finished from its run folder, unless the scheduler had just stopped it
+    for name in caught:
+        row = next(r for r in table if r["trial_id"] == name)
+        workers = (study_dir / "trials" / name / "train.log").read_text().count("ray train worker rank 0")
+        assert row["state"] == "PRUNED" or workers > 1 or int(row["attempts"]) > 1, (row, workers)
     print(f"node lost: {killed} processes killed; trials restarted: {[r['trial_id'] for r in restarted]}")

@@ -1,5 +1,4 @@
 """Dataset layouts, splits, cache, augmentation and bad input, on real and generated data."""
-import os
 import pickle
 
 import h5py

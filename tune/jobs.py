@@ -7,6 +7,7 @@ system every node mounts, found through the job's environment (``cluster/runtime
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from pathlib import Path
 
@@ -103,7 +104,7 @@ def submit(study: str, address: str, storage: str, overrides: list[str], name: s
     entry += ["--data-root", data_root] if data_root else []
     client = JobSubmissionClient(address)
     job_id = client.submit_job(
-        entrypoint=" ".join(_quote(a) for a in entry),
+        entrypoint=shlex.join(entry),
         submission_id=f"diffseg-{name}",
         runtime_env={"working_dir": str(ROOT), **env},
         metadata={"study": name, "storage": storage})
@@ -128,9 +129,3 @@ def _follow(client, job_id: str, log) -> None:
                 log(line)
 
     asyncio.run(tail())
-
-
-def _quote(arg: str) -> str:
-    import shlex
-
-    return shlex.quote(arg)
