@@ -10,9 +10,10 @@ from . import config as config_mod
 from .errors import DiffsegError
 
 
-def _common(p: argparse.ArgumentParser, config_default: str | None) -> None:
-    p.add_argument("--config", default=config_default, required=config_default is None,
-                   help="YAML file or shipped config name (debug, glas, ph2, drive, hmeps, la)")
+def _common(p: argparse.ArgumentParser, config_default: str | None, required: bool | None = None) -> None:
+    p.add_argument("--config", default=config_default,
+                   required=config_default is None if required is None else required,
+                   help="YAML file or shipped config name (debug, debug3d, glas, ph2, drive, hmeps, la)")
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="dotted overrides, e.g. --set method=cps loss.cps=0.5 data.labeled_ratio=0.1")
     _where(p)
@@ -56,12 +57,16 @@ def cmd_train(args, extra=None) -> None:
 
 
 def cmd_debug(args) -> None:
+    from .data.sources import VOLUME_DATASETS
+
+    if args.config is None:  # the tiny run's own settings: volumes need smaller networks and patches
+        args.config = "debug3d" if args.dataset in VOLUME_DATASETS else "debug"
     cmd_train(args, {"data.dataset": args.dataset} if args.dataset else {})
 
 
 def cmd_eval(args) -> None:
     from .data import Splits, prepare
-    from .evaluate import Truth, collect, score
+    from .evaluate import collect, score
     from .infer import load_kept
 
     run_dir = Path(args.run_dir)
@@ -69,10 +74,10 @@ def cmd_eval(args) -> None:
     kept = load_kept(run_dir, rt.device)
     cfg = kept.cfg
     data = prepare(cfg.data, Splits.load(run_dir / "splits.json"), root=rt.data_root, cache_dir=rt.cache_dir)
-    truth = Truth(data, args.split, args.resolution or cfg.eval.resolution)
+    truth = data.truth(args.split, args.resolution or cfg.eval.resolution)
     probs = truth.resize(collect(kept.net, data.dataset(args.split), kept.diffusion, cfg.diffusion, rt, cfg.seed,
                                  overlap=cfg.eval.overlap))
-    result = score(probs, truth.gts, truth.fovs, kept.threshold, data.source.spacing) | truth.trivial()
+    result = score(probs, truth.gts, truth.fovs, kept.threshold, truth.spacings) | truth.trivial()
     result |= {"method": cfg.method, "predictor": kept.predictor, "split": args.split,
                "resolution": truth.resolution}
     print(json.dumps(result, indent=1))
@@ -118,7 +123,7 @@ def parser() -> argparse.ArgumentParser:
     dbg = sub.add_parser("debug", help="tiny local run (synthetic data unless --dataset), CPU or one GPU")
     dbg.add_argument("--dataset")
     _run_options(dbg)
-    _common(dbg, "debug")
+    _common(dbg, None, required=False)  # debug, or debug3d for a volume dataset
     dbg.set_defaults(fn=cmd_debug)
 
     tr = sub.add_parser("train", help="a full training run from a config (--config is required)")
@@ -134,11 +139,11 @@ def parser() -> argparse.ArgumentParser:
     _where(ev)
     ev.set_defaults(fn=cmd_eval)
 
-    pr = sub.add_parser("predict", help="mask PNGs for a folder of images")
+    pr = sub.add_parser("predict", help="masks for a folder of images (PNG) or volumes (NIfTI, with their spacing)")
     pr.add_argument("run_dir")
     pr.add_argument("--input", required=True)
     pr.add_argument("--output", required=True)
-    pr.add_argument("--probabilities", action="store_true", help="also write <name>_prob.png")
+    pr.add_argument("--probabilities", action="store_true", help="also write <name>_prob.png (<name>_prob.nii.gz)")
     pr.add_argument("--device", default="auto")
     pr.set_defaults(fn=cmd_predict)
 

@@ -36,6 +36,16 @@ class DataConfig:
     synthetic_kind: str = "glands"  # glands | lesions
     # 0: masks must be binary (0/1 or 0/255); > 0: a value above it is foreground (JPEG masks)
     mask_threshold: int = 0
+    # 3D volumes (LA) are never resized: training takes random patches of this many voxels
+    # (the paper's 96x96x80), and validation, test and predict slide a window of this size
+    patch: tuple[int, ...] = (96, 96, 80)
+    # the chance that a training patch of a labeled volume is centred near a random foreground
+    # voxel rather than anywhere (unlabeled volumes are always cropped anywhere: no labels)
+    foreground_prob: float = 0.33
+    # voxel spacing (mm) of volumes whose files carry none, such as LA's preprocessed HDF5
+    # (empty: the dataset's documented default, 0.625 mm isotropic for LA); files that carry
+    # their own spacing (.nrrd) keep it
+    spacing: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -185,7 +195,15 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
     elif typ is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-    raise ConfigError(f"config key '{key}' expects {typ.__name__}, got {value!r}")
+    elif typing.get_origin(typ) is tuple:  # tuple[int, ...] or tuple[float, ...]: a YAML list
+        inner = typing.get_args(typ)[0]
+        if isinstance(value, str):
+            # "96,96,80", "96x96x80" or a printed tuple "(96, 96, 80)"
+            value = [v for v in value.strip().strip("()[]").replace("x", ",").split(",") if v.strip()]
+        if isinstance(value, (list, tuple)):
+            return tuple(_coerce(f"{key}[{i}]", v, inner) for i, v in enumerate(value))
+        raise ConfigError(f"config key '{key}' expects a list of {inner.__name__}, got {value!r}")
+    raise ConfigError(f"config key '{key}' expects {getattr(typ, '__name__', typ)}, got {value!r}")
 
 
 def _build(cls, data: dict, prefix: str = ""):
@@ -248,6 +266,19 @@ def validate(cfg: Config) -> Config:
                           f"diffusion.steps = {flat['diffusion.steps']} (or -1 for random)")
     if flat["diffusion.sample_steps"] > flat["diffusion.steps"]:
         raise ConfigError("config key 'diffusion.sample_steps' must not exceed diffusion.steps")
+    if len(flat["data.patch"]) != 3 or min(flat["data.patch"]) < 1:
+        raise ConfigError(f"config key 'data.patch' must be three positive voxel counts, got {list(flat['data.patch'])}")
+    from .data.sources import VOLUME_DATASETS
+
+    if flat["data.dataset"] in VOLUME_DATASETS and any(v % 2 ** flat["model.depth"] for v in flat["data.patch"]):
+        raise ConfigError(f"config key 'data.patch' = {list(flat['data.patch'])}: every side must be divisible by "
+                          f"2**model.depth = {2 ** flat['model.depth']}")
+    if not 0.0 <= flat["data.foreground_prob"] <= 1.0:
+        raise ConfigError(f"config key 'data.foreground_prob' must be in [0, 1], got {flat['data.foreground_prob']}")
+    if flat["data.spacing"] and (len(flat["data.spacing"]) != 3
+                                 or not all(0 < v < float("inf") for v in flat["data.spacing"])):
+        raise ConfigError(f"config key 'data.spacing' must be empty or three positive millimetre values, "
+                          f"got {list(flat['data.spacing'])}")
     if flat["data.size"] % (2 ** flat["model.depth"]):
         raise ConfigError(f"config key 'data.size' = {flat['data.size']} must be divisible by "
                           f"2**model.depth = {2 ** flat['model.depth']}")
@@ -255,7 +286,16 @@ def validate(cfg: Config) -> Config:
 
 
 def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
+    """Plain data (lists, not tuples): what YAML and JSON give back, so a config round-trips."""
+    return _plain(dataclasses.asdict(cfg))
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def to_flat(cfg, prefix: str = "") -> dict[str, Any]:

@@ -58,13 +58,13 @@ class Diffusion:
 
     def predict_mask(self, mask_net, image: torch.Tensor, classes: int = 2, sample_steps: int = 1,
                      start_t: int = -1, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Mask x0 estimate (B, K, H, W) in [-1, 1] scale, from the noised empty mask.
+        """Mask x0 estimate (B, K, *spatial) in [-1, 1] scale, from the noised empty mask.
 
         One step is the paper's. With more, DDIM (eta = 0) walks from t down to 0; only the
         last call keeps a graph, so training cost grows with the forward passes, not memory.
         """
-        b, _, h, w = image.shape
-        empty = torch.full((b, classes, h, w), -1.0, device=image.device, dtype=image.dtype)
+        b = image.shape[0]
+        empty = torch.full((b, classes, *image.shape[2:]), -1.0, device=image.device, dtype=image.dtype)
         empty[:, 0] = 1.0  # one-hot background mapped to [-1, 1]
         t = self.start_timesteps(b, image.device, start_t, generator)
         noise = torch.randn(empty.shape, device=image.device, dtype=image.dtype, generator=generator)

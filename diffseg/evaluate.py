@@ -18,7 +18,8 @@ THRESHOLDS = np.round(np.arange(0.02, 0.98 + 1e-9, 0.02), 2)
 def collect(model, dataset, diffusion, dcfg, runtime, seed: int = 0, batch_size: int = 8,
             overlap: float = 0.25) -> list[np.ndarray]:
     """Foreground probabilities of every image of a split at the network's scale: the training
-    size, or (tiles, ``dataset.window`` > 0) each image's scaled size, by a sliding window."""
+    size, or (tiles, ``dataset.window`` > 0) each image's scaled size, by a sliding window; every
+    volume whole, by a sliding window of the training patch (``dataset.window`` a shape)."""
     was_training = model.training
     model.eval()
     # a dedicated generator: the random start timesteps are the same on every evaluation
@@ -33,18 +34,23 @@ def collect(model, dataset, diffusion, dcfg, runtime, seed: int = 0, batch_size:
     probs = []
     for batch in loader:
         x = batch["image"].to(runtime.device)
-        p = slide(probabilities, x, window, overlap, batch_size) if window else probabilities(x)
+        # volumes: few windows at once, so whole-volume validation fits a small machine's memory
+        sw_batch = 2 if isinstance(window, tuple) else batch_size
+        p = slide(probabilities, x, window, overlap, sw_batch) if window else probabilities(x)
         probs.extend(p[:, 1].cpu().numpy())
     model.train(was_training)
     return probs
 
 
-def slide(probabilities, x: torch.Tensor, window: int, overlap: float, batch_size: int = 8) -> torch.Tensor:
-    """Class probabilities of a whole image from window x window tiles, overlapping and blended
-    with Gaussian weights (MONAI's sliding-window inference, the field's standard)."""
+def slide(probabilities, x: torch.Tensor, window, overlap: float, batch_size: int = 8) -> torch.Tensor:
+    """Class probabilities of a whole image or volume from windows (an int: window x window
+    tiles; a tuple: its shape), overlapping and blended with Gaussian weights (MONAI's
+    sliding-window inference, the field's standard). Inputs smaller than a window are padded
+    and the padding cut off again."""
     from monai.inferers import sliding_window_inference
 
-    return sliding_window_inference(x, (window, window), batch_size, probabilities, overlap=overlap,
+    roi = tuple(window) if isinstance(window, (tuple, list)) else (window, window)
+    return sliding_window_inference(x, roi, batch_size, probabilities, overlap=overlap,
                                     mode="gaussian", padding_mode="constant")
 
 
@@ -58,22 +64,27 @@ def upsample(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 class Truth:
-    """The ground truth (and field of view) of one split at the resolution it is scored at."""
+    """The ground truth (and field of view) of one split at the resolution it is scored at, with
+    each item's pixel or voxel spacing. The prepared data builds it (``data.truth(part, ...)``)."""
 
-    def __init__(self, data, part: str, resolution: str = "original"):
-        self.resolution = resolution
+    def __init__(self, gts: list[np.ndarray], fovs: list[np.ndarray], spacings: list[tuple], resolution: str):
+        self.gts, self.fovs, self.spacings, self.resolution = gts, fovs, spacings, resolution
         self._trivial: dict | None = None
+
+    @classmethod
+    def of_images(cls, data, part: str, resolution: str = "original") -> "Truth":
+        """A 2D split from the cache: at the network's scale, or each image's original size."""
         rows = data.dataset(part).indices
         with open_cache(data.cache_path) as fh:
             if resolution == "training":  # the network's scale: size x size, or the scaled image
                 items = [read_item(fh, i) for i in rows]
-                self.gts = [m.astype(bool) for _, m, _ in items]
-                self.fovs = [f.astype(bool) if f is not None else np.ones_like(g) for (_, _, f), g in
-                             zip(items, self.gts)]
+                gts = [m.astype(bool) for _, m, _ in items]
+                fovs = [f.astype(bool) if f is not None else np.ones_like(g) for (_, _, f), g in zip(items, gts)]
             else:
-                self.gts = [original(fh, "orig_masks", i).astype(bool) for i in rows]
-                self.fovs = [original(fh, "orig_fov", i).astype(bool) if "orig_fov" in fh else np.ones_like(g)
-                             for i, g in zip(rows, self.gts)]
+                gts = [original(fh, "orig_masks", i).astype(bool) for i in rows]
+                fovs = [original(fh, "orig_fov", i).astype(bool) if "orig_fov" in fh else np.ones_like(g)
+                        for i, g in zip(rows, gts)]
+        return cls(gts, fovs, [tuple(data.source.spacing)] * len(gts), resolution)
 
     def resize(self, probs: list[np.ndarray]) -> list[np.ndarray]:
         """Training-size probabilities at this truth's resolution, image by image."""
@@ -117,10 +128,12 @@ def at_edge(threshold: float) -> bool:
     return threshold in (float(THRESHOLDS[0]), float(THRESHOLDS[-1]))
 
 
-def score(probs, gts, fovs, threshold: float, spacing=None, surface: bool = True) -> dict:
-    metrics = SetMetrics(spacing, surface)
-    for p, g, f in zip(probs, gts, fovs):
-        metrics.add((p > threshold) & f, g & f)
+def score(probs, gts, fovs, threshold: float, spacings=None, surface: bool = True) -> dict:
+    """Pooled and per-item metrics at ``threshold``; distances in the units of each item's
+    spacing (millimetres for volumes, pixels for images)."""
+    metrics = SetMetrics(None, surface)
+    for i, (p, g, f) in enumerate(zip(probs, gts, fovs)):
+        metrics.add((p > threshold) & f, g & f, spacings[i] if spacings else None)
     out = metrics.result()
     out["threshold"] = threshold
     return out

@@ -191,10 +191,12 @@ class Loop:
         in name order, so stage 1 never depends on which images are labeled."""
         aug, jit, splits = self.cfg.data.augment, self.cfg.data.intensity_jitter, self.data.splits
         if name == "labeled":
-            return self.data.dataset("labeled", train=aug, jitter=jit)
+            return self.data.dataset("labeled", train=True, augment=aug, jitter=jit)
         if name == "unlabeled":  # with every training image labeled, the labeled images stand in
-            return self.data.dataset(list(splits.unlabeled or splits.labeled), train=aug, jitter=jit, with_mask=False)
-        return self.data.dataset(sorted(splits.labeled + splits.unlabeled), train=aug, jitter=jit, with_mask=False)
+            return self.data.dataset(list(splits.unlabeled or splits.labeled), train=True, augment=aug, jitter=jit,
+                                     with_mask=False)
+        return self.data.dataset(sorted(splits.labeled + splits.unlabeled), train=True, augment=aug, jitter=jit,
+                                 with_mask=False)
 
     def run_stage(self, stage: Stage, index: int) -> None:
         scfg, selects = getattr(self.cfg, stage.name), stage is self.method.stages[-1]
@@ -257,7 +259,7 @@ class Loop:
     def truth(self, part: str) -> evaluate.Truth:
         """A split's ground truth at the scoring resolution, read once per run."""
         if part not in self._truth:
-            self._truth[part] = evaluate.Truth(self.data, part, self.cfg.eval.resolution)
+            self._truth[part] = self.data.truth(part, self.cfg.eval.resolution)
         return self._truth[part]
 
     def probabilities(self, net, part: str, diffusion) -> list:
@@ -345,7 +347,7 @@ class Loop:
             return {}
         truth = self.truth(part)
         probs = self.probabilities(kept.net, part, kept.diffusion)
-        out = evaluate.score(probs, truth.gts, truth.fovs, kept.threshold, self.data.source.spacing)
+        out = evaluate.score(probs, truth.gts, truth.fovs, kept.threshold, truth.spacings)
         trivial = truth.trivial()
         return out | trivial | {"beats_trivial": out["dice"] > max(trivial.values())}
 

@@ -70,14 +70,16 @@ class SetMetrics:
         self.inter = self.pred_sum = self.gt_sum = 0
         self.per_image: list[dict[str, float]] = []
 
-    def add(self, pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+    def add(self, pred: np.ndarray, gt: np.ndarray, spacing=None) -> dict[str, float]:
+        """One item; ``spacing`` (its own) overrides the set's."""
+        spacing = spacing or self.spacing
         inter, p, g = _overlap(pred, gt)
         self.inter += inter
         self.pred_sum += p
         self.gt_sum += g
         row = {"dice": dice(pred, gt), "jaccard": jaccard(pred, gt)}
         if self.surface:
-            row.update(hd95=hd95(pred, gt, self.spacing), asd=asd(pred, gt, self.spacing))
+            row.update(hd95=hd95(pred, gt, spacing), asd=asd(pred, gt, spacing))
         self.per_image.append(row)
         return row
 

@@ -1,4 +1,7 @@
-"""The two-pathway diffusion segmenter (2D) and its U-Net."""
+"""The two-pathway diffusion segmenter and its U-Net, in 2D (images) or 3D (volumes).
+
+One module serves both: ``dims`` picks the convolution, normalisation and pooling; 3D upsamples
+with a transposed convolution (METHOD.md's 3D variant), 2D bilinearly."""
 from __future__ import annotations
 
 import math
@@ -15,12 +18,26 @@ def timestep_embedding(t: torch.Tensor, dim: int = 64) -> torch.Tensor:
     return torch.cat([args.sin(), args.cos()], dim=1)
 
 
-def conv_block(cin: int, cout: int, act: type[nn.Module], dropout: float = 0.0) -> nn.Sequential:
-    layers = [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), act()]
+CONV = {2: nn.Conv2d, 3: nn.Conv3d}
+NORM = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+POOL = {2: F.max_pool2d, 3: F.max_pool3d}
+UP_MODE = {2: "bilinear", 3: "trilinear"}
+
+
+def conv_block(cin: int, cout: int, act: type[nn.Module], dropout: float = 0.0, dims: int = 2) -> nn.Sequential:
+    conv, norm = CONV[dims], NORM[dims]
+    layers = [conv(cin, cout, 3, padding=1), norm(cout), act()]
     if dropout > 0:
         layers.append(nn.Dropout(dropout))
-    layers += [nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), act()]
+    layers += [conv(cout, cout, 3, padding=1), norm(cout), act()]
     return nn.Sequential(*layers)
+
+
+def resize_to(h: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """h brought to like's spatial size (only when they differ: odd sizes in the encoder)."""
+    if h.shape[2:] == like.shape[2:]:
+        return h
+    return F.interpolate(h, size=like.shape[2:], mode=UP_MODE[h.dim() - 2], align_corners=False)
 
 
 def level_widths(width: int, depth: int) -> list[int]:
@@ -29,41 +46,51 @@ def level_widths(width: int, depth: int) -> list[int]:
 
 
 class UNet(nn.Module):
-    """Encoder of MaxPool + two [conv, BN, LeakyReLU] with growing dropout; bilinear decoder.
+    """Encoder of MaxPool + two [conv, BN, LeakyReLU] with growing dropout; a decoder that
+    upsamples bilinearly (2D) or by transposed convolution (3D).
 
     With ``time_embedding`` a sinusoidal timestep embedding is added once after the first block.
     """
 
     def __init__(self, in_ch: int, out_ch: int, width: int = 64, depth: int = 4,
-                 dropout: bool = True, time_embedding: bool = True):
+                 dropout: bool = True, time_embedding: bool = True, dims: int = 2):
         super().__init__()
+        if dims not in CONV:
+            raise ValueError(f"dims must be 2 or 3, got {dims}")
+        self.dims = dims
         widths = level_widths(width, depth)
         drops = torch.linspace(0.05, 0.4, depth + 1).tolist() if dropout else [0.0] * (depth + 1)
-        self.inc = conv_block(in_ch, widths[0], nn.LeakyReLU, drops[0])
+        self.inc = conv_block(in_ch, widths[0], nn.LeakyReLU, drops[0], dims)
         self.time = (nn.Sequential(nn.Linear(64, 4 * width), nn.SiLU(), nn.Linear(4 * width, widths[0]))
                      if time_embedding else None)
-        self.down = nn.ModuleList(conv_block(widths[i], widths[i + 1], nn.LeakyReLU, drops[i + 1])
+        self.down = nn.ModuleList(conv_block(widths[i], widths[i + 1], nn.LeakyReLU, drops[i + 1], dims)
                                   for i in range(depth))
-        self.up = nn.ModuleList(conv_block(widths[i + 1] + widths[i], widths[i], nn.ReLU)
+        # 3D: a learnt 2x upsampling per level; 2D keeps bilinear (its checkpoints stay valid)
+        self.upsample = (nn.ModuleList(nn.ConvTranspose3d(widths[i + 1], widths[i + 1], 2, stride=2)
+                                       for i in reversed(range(depth))) if dims == 3 else None)
+        self.up = nn.ModuleList(conv_block(widths[i + 1] + widths[i], widths[i], nn.ReLU, dims=dims)
                                 for i in reversed(range(depth)))
-        self.out = nn.Conv2d(widths[0], out_ch, 1)
+        self.out = CONV[dims](widths[0], out_ch, 1)
         for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose3d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight, a=0.01)
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
         h = self.inc(x)
         if self.time is not None:
-            h = h + self.time(timestep_embedding(t))[:, :, None, None]
+            h = h + self.time(timestep_embedding(t)).view(*h.shape[:2], *[1] * self.dims)
         skips = [h]
+        pool = POOL[self.dims]
         for block in self.down:
-            h = block(F.max_pool2d(h, 2))
+            h = block(pool(h, 2))
             skips.append(h)
         skips.pop()
-        for block in self.up:
+        for i, block in enumerate(self.up):
             skip = skips.pop()
-            h = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            if self.upsample is not None:
+                h = self.upsample[i](h)
+            h = resize_to(h, skip)
             h = block(torch.cat([h, skip], dim=1))
         return self.out(h)
 
@@ -71,9 +98,9 @@ class UNet(nn.Module):
 class MaskPathway(nn.Module):
     """M(y_t, x, t) -> y0_hat: the noisy mask and the image in, the clean mask out."""
 
-    def __init__(self, channels: int, classes: int, width: int, depth: int, dropout: bool):
+    def __init__(self, channels: int, classes: int, width: int, depth: int, dropout: bool, dims: int = 2):
         super().__init__()
-        self.net = UNet(classes + channels, classes, width, depth, dropout)
+        self.net = UNet(classes + channels, classes, width, depth, dropout, dims=dims)
 
     def forward(self, y_t, x, t):
         return self.net(torch.cat([y_t, x], dim=1), t)
@@ -82,9 +109,9 @@ class MaskPathway(nn.Module):
 class ImagePathway(nn.Module):
     """I(x_t, m, t) -> eps_hat: the noisy image and a mask in, the noise out."""
 
-    def __init__(self, channels: int, classes: int, width: int, depth: int, dropout: bool):
+    def __init__(self, channels: int, classes: int, width: int, depth: int, dropout: bool, dims: int = 2):
         super().__init__()
-        self.net = UNet(channels + classes, channels, width, depth, dropout)
+        self.net = UNet(channels + classes, channels, width, depth, dropout, dims=dims)
 
     def forward(self, x_t, m, t):
         return self.net(torch.cat([x_t, m], dim=1), t)
@@ -94,11 +121,11 @@ class DiffusionSegmenter(nn.Module):
     """The teacher: both pathways. A student twin uses only its mask pathway."""
 
     def __init__(self, channels: int = 3, classes: int = 2, width: int = 64, depth: int = 4,
-                 dropout: bool = True, image_pathway: bool = True):
+                 dropout: bool = True, image_pathway: bool = True, dims: int = 2):
         super().__init__()
-        self.classes = classes
-        self.mask = MaskPathway(channels, classes, width, depth, dropout)
-        self.image = ImagePathway(channels, classes, width, depth, dropout) if image_pathway else None
+        self.classes, self.dims = classes, dims
+        self.mask = MaskPathway(channels, classes, width, depth, dropout, dims)
+        self.image = ImagePathway(channels, classes, width, depth, dropout, dims) if image_pathway else None
 
 
 def scores_from_x0(y0: torch.Tensor) -> torch.Tensor:

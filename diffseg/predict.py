@@ -1,6 +1,9 @@
-"""`diffseg predict`: mask PNGs for new images of any size with a run's kept model: each image is
-resized to the training size as the cache resizes, and the probabilities are brought back to its
-own size as validation and test scoring does (``evaluate.upsample``)."""
+"""`diffseg predict`: masks for new inputs with a run's kept model.
+
+Images: mask PNGs for images of any size; each is resized to the training size as the cache
+resizes, and the probabilities are brought back to its own size as validation and test scoring
+does (``evaluate.upsample``). Volumes (a run on a 3D dataset): NIfTI masks (``.nii.gz``) with the
+input's spacing, from a sliding window of the training patch over the whole volume."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,12 +24,18 @@ from .runtime import local
 @torch.no_grad()
 def predict_folder(run_dir, input_dir, output_dir, probabilities: bool = False, device: str = "auto",
                    log=print) -> list[Path]:
+    from .students import spatial_dims
+
     input_dir, output_dir = Path(input_dir), Path(output_dir)
-    files = sorted(p for p in input_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS) if input_dir.is_dir() else []
-    if not files:
-        raise DataError(f"no images ({', '.join(IMAGE_EXTS)}) in input folder {input_dir}")
+    if not input_dir.is_dir():
+        raise DataError(f"input folder not found: {input_dir}")
     rt = local(device)
     kept = load_kept(run_dir, rt.device)
+    if spatial_dims(kept.cfg) == 3:
+        return predict_volumes(kept, rt, input_dir, output_dir, probabilities, log)
+    files = sorted(p for p in input_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    if not files:
+        raise DataError(f"no images ({', '.join(IMAGE_EXTS)}) in input folder {input_dir}")
     size, scale = kept.cfg.data.size, kept.cfg.data.scale
     gen = torch.Generator(device=rt.device).manual_seed(kept.cfg.seed)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -50,4 +59,87 @@ def predict_folder(run_dir, input_dir, output_dir, probabilities: bool = False, 
             Image.fromarray((prob * 255).round().astype(np.uint8)).save(prob_path)
             written.append(prob_path)
         log(f"[{i + 1}/{len(files)}] {path.name} ({w}x{h}) -> {out}")
+    return written
+
+
+VOLUME_EXTS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".h5")
+
+
+def volume_files(input_dir: Path) -> list[tuple[str, Path]]:
+    """(name, file) of every volume in a folder: files with a volume extension, and LA's case
+    folders (``<CASE>/mri_norm2.h5`` or ``<CASE>/lgemri.nrrd``), named by the folder."""
+    found = []
+    for p in sorted(input_dir.iterdir()):
+        if p.name.startswith("."):
+            continue
+        ext = next((e for e in VOLUME_EXTS if p.name.lower().endswith(e)), None)
+        if p.is_file() and ext:
+            found.append((p.name[: -len(ext)], p))
+        elif p.is_dir():
+            inner = next((p / n for n in ("mri_norm2.h5", "lgemri.nrrd") if (p / n).is_file()), None)
+            if inner is not None:
+                found.append((p.name, inner))
+    return found
+
+
+def read_input_volume(path: Path, default_spacing) -> tuple[np.ndarray, tuple[float, ...]]:
+    """A volume to predict, z-scored as training volumes are, with its spacing (its own, or for
+    HDF5, which carries none, the run's data.spacing or the dataset's default)."""
+    from .data.sources import read_volume
+
+    if path.suffix.lower() == ".h5":
+        import h5py
+
+        try:
+            with h5py.File(path, "r") as fh:
+                image = np.asarray(fh["image"], dtype=np.float32)
+        except (OSError, KeyError) as exc:
+            raise DataError(f"cannot read volume {path} (an HDF5 file with an 'image' dataset): {exc}") from None
+        spacing = tuple(default_spacing)
+    else:
+        image, spacing = read_volume(path)
+    if image.ndim != 3:
+        raise DataError(f"{path}: expected a 3D volume, got shape {image.shape}")
+    image = image.astype(np.float32)
+    return (image - image.mean()) / max(float(image.std()), 1e-8), spacing
+
+
+def write_nifti(array: np.ndarray, spacing, path: Path) -> None:
+    """An (x, y, z) array as NIfTI with the voxel size ``spacing`` (mm) on its diagonal affine."""
+    import nibabel as nib
+
+    affine = np.diag([*(float(s) for s in spacing), 1.0])
+    img = nib.Nifti1Image(array, affine)
+    img.header.set_zooms(tuple(float(s) for s in spacing))
+    img.header.set_xyzt_units("mm")
+    nib.save(img, str(path))
+
+
+def predict_volumes(kept, rt, input_dir: Path, output_dir: Path, probabilities: bool, log) -> list[Path]:
+    from .data.sources import LA_SPACING
+    from .evaluate import slide
+
+    files = volume_files(input_dir)
+    if not files:
+        raise DataError(f"no volumes ({', '.join(VOLUME_EXTS)}, or LA case folders) in input folder {input_dir}")
+    default_spacing = tuple(kept.cfg.data.spacing) or LA_SPACING
+    volumes = [(name, path, *read_input_volume(path, default_spacing)) for name, path in files]  # all checked first
+    gen = torch.Generator(device=rt.device).manual_seed(kept.cfg.seed)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i, (name, path, image, spacing) in enumerate(volumes):
+        x = torch.from_numpy(image)[None, None].to(rt.device)
+        with rt.autocast():
+            probs = slide(lambda t: kept.scores(t, gen).float().softmax(1), x, tuple(kept.cfg.data.patch),
+                          kept.cfg.eval.overlap, 2)
+        prob = probs[0, 1].float().cpu().numpy()
+        out = output_dir / f"{name}.nii.gz"
+        write_nifti((prob > kept.threshold).astype(np.uint8), spacing, out)
+        written.append(out)
+        if probabilities:
+            prob_path = output_dir / f"{name}_prob.nii.gz"
+            write_nifti(prob.astype(np.float32), spacing, prob_path)
+            written.append(prob_path)
+        log(f"[{i + 1}/{len(volumes)}] {path} {'x'.join(map(str, image.shape))} "
+            f"({'x'.join(f'{s:g}' for s in spacing)} mm) -> {out}")
     return written

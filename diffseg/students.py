@@ -45,15 +45,23 @@ class TimmUNet(nn.Module):
         return F.interpolate(self.head(h), size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
+def spatial_dims(cfg) -> int:
+    """2 for images, 3 for volumes: a property of the dataset, so a run's config says it."""
+    from .data.sources import VOLUME_DATASETS
+
+    return 3 if cfg.data.dataset in VOLUME_DATASETS else 2
+
+
 def build_teacher(cfg, channels: int, classes: int = 2) -> DiffusionSegmenter:
     m = cfg.model
-    return DiffusionSegmenter(channels, classes, m.width, m.depth, m.dropout)
+    return DiffusionSegmenter(channels, classes, m.width, m.depth, m.dropout, dims=spatial_dims(cfg))
 
 
 def build_student(cfg, channels: int, classes: int = 2) -> nn.Module:
     m = cfg.model
     if m.student == "twin":
-        return DiffusionSegmenter(channels, classes, m.width, m.depth, m.dropout, image_pathway=False)
+        return DiffusionSegmenter(channels, classes, m.width, m.depth, m.dropout, image_pathway=False,
+                                  dims=spatial_dims(cfg))
     return build_segmenter(cfg, channels, classes)
 
 
@@ -62,5 +70,5 @@ def build_segmenter(cfg, channels: int, classes: int = 2) -> nn.Module:
     input or the noisy-mask channels, so comparisons are at equal width; or the timm U-Net."""
     m = cfg.model
     if m.student == "twin":
-        return UNet(channels, classes, m.width, m.depth, m.dropout, time_embedding=False)
+        return UNet(channels, classes, m.width, m.depth, m.dropout, time_embedding=False, dims=spatial_dims(cfg))
     return TimmUNet(m.timm_encoder, channels, classes, m.timm_weights)

@@ -45,6 +45,20 @@ PRESETS = {
     # the dataset configs as shipped: the paper's settings, for GPUs
     "paper": {},
 }
+# what each preset changes on top for a 3D dataset (LA): patches instead of image sizes, and the
+# debug run's width and batch (a 3D step costs far more than a 2D one)
+VOLUME_PRESETS = {
+    "smoke": {"data.patch": [16, 16, 16], "model.width": 4, "model.depth": 2},
+    "small": {"data.patch": [32, 32, 32], "model.width": 8, "pretrain.batch_size": 4, "train.batch_size": 4,
+              "data.foreground_prob": 0.5},
+    "paper": {},
+}
+
+
+def preset_for(preset: str, dataset: str) -> dict:
+    from diffseg.data.sources import VOLUME_DATASETS
+
+    return PRESETS[preset] | (VOLUME_PRESETS[preset] if dataset in VOLUME_DATASETS else {})
 
 
 @dataclass(frozen=True)
@@ -85,7 +99,7 @@ class Benchmark:
                 for seed in self.seeds:
                     for method in self.methods:
                         base_file = self.tuned.get(dataset, base) if method == "diffusion_cps" else base
-                        cfg = config_mod.load(base_file, PRESETS[self.preset] | {
+                        cfg = config_mod.load(base_file, preset_for(self.preset, dataset) | {
                             "method": method, "data.labeled_ratio": ratio, "data.labeled_count": 0,
                             "seed": seed, "data.split_seed": seed})
                         cell = Cell(dataset, ratio, seed, method, {})

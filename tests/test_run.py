@@ -9,6 +9,7 @@ from diffseg import cli, config
 from diffseg.data import prepare
 from diffseg.errors import ConfigError
 from diffseg.loop import Loop, fit as train
+from diffseg.methods import METHODS
 from diffseg.runtime import Runtime
 
 
@@ -150,7 +151,9 @@ def test_bench_writes_json(tmp_path):
     assert "predict sample_steps=10" in names
     assert {f"train step {m}" for m in ("diffusion_cps", "supervised", "mean_teacher", "ua_mt", "cps")} <= set(names)
     costs = {r["method"]: r["relative_cost"] for r in result["rows"] if "relative_cost" in r}
-    assert costs["supervised"] == 1.0 and costs["diffusion_cps"] > 1.0
+    # costs are ratios of two timings; their size is a benchmark's figure, not a test's (a
+    # one-step timing on a busy machine can invert them), so only their form is checked here
+    assert costs["supervised"] == 1.0 and set(costs) == set(METHODS) and all(c > 0 for c in costs.values())
     assert result["hardware"]["device"] == "cpu" and all(r["steps_per_s"] > 0 for r in result["rows"])
 
 

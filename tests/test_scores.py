@@ -151,7 +151,7 @@ def test_jpeg_masks_need_an_explicit_threshold(tmp_path):
         prepare(cfg, root=root, cache_dir=tmp_path / "c")
     ok = config.load(None, {"data.dataset": "folder", "data.size": 32, "data.mask_threshold": 127}).data
     data = prepare(ok, root=root, cache_dir=tmp_path / "c")
-    truth = evaluate.Truth(data, "labeled")
+    truth = data.truth("labeled")
     assert all(set(np.unique(g).tolist()) <= {False, True} and g.shape == (40, 48) for g in truth.gts)
     # the two readings are two caches: the threshold is part of the source fingerprint
     assert sources.open_source(ok, root).fingerprint() != sources.open_source(cfg, root).fingerprint()

@@ -102,7 +102,7 @@ def build(source: Source, size: int, path: Path, progress: bool = True, scale: f
     has_fov = any(it.fov is not None for it in source.items)
     flat = dict(chunks=(2**16,), maxshape=(None,), compression="gzip", compression_opts=1)
     try:
-        with h5py.File(tmp, "w") as fh, _Progress(n, source.dataset, progress) as shown:
+        with h5py.File(tmp, "w") as fh, Progress(n, source.dataset, progress) as shown:
             tiles = scale > 0
             if tiles:
                 images = fh.create_dataset("images", (0,), np.uint8, **flat)
@@ -172,12 +172,12 @@ def _append(dataset, values: np.ndarray) -> None:
     dataset[start:] = values
 
 
-class _Progress:
+class Progress:
     """One progress line on stderr while a cache is built (rewritten in place on a terminal;
     elsewhere a line at each quarter), so a large folder does not print hundreds of lines."""
 
-    def __init__(self, total: int, name: str, enabled: bool):
-        self.total, self.name, self.enabled = total, name, enabled
+    def __init__(self, total: int, name: str, enabled: bool, what: str = "images"):
+        self.total, self.name, self.enabled, self.what = total, name, enabled, what
         self.tty = enabled and sys.stderr.isatty()
         self.shown = 0
 
@@ -188,10 +188,10 @@ class _Progress:
         if not self.enabled:
             return
         if self.tty:
-            print(f"\r  cached {done}/{self.total} {self.name} images", end="", file=sys.stderr, flush=True)
+            print(f"\r  cached {done}/{self.total} {self.name} {self.what}", end="", file=sys.stderr, flush=True)
         elif done * 4 // self.total > self.shown:
             self.shown = done * 4 // self.total
-            print(f"  cached {done}/{self.total} {self.name} images", file=sys.stderr, flush=True)
+            print(f"  cached {done}/{self.total} {self.name} {self.what}", file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
         if self.tty:

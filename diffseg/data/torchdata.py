@@ -31,10 +31,10 @@ class CachedImages(Dataset):
     """Items of an HDF5 cache. The file is opened once per process (worker) and closed on close()."""
 
     def __init__(self, path: Path, indices: list[int], mean, std, *, train: bool = False,
-                 jitter: float = 0.0, with_mask: bool = True, window: int = 0):
+                 jitter: float = 0.0, with_mask: bool = True, window: int = 0, augment: bool = True):
         self.path, self.indices = Path(path), list(indices)
         self.mean, self.std = per_channel(mean), per_channel(std)
-        self.train, self.jitter, self.with_mask = train, jitter, with_mask
+        self.train, self.jitter, self.with_mask, self.augment = train, jitter, with_mask, augment
         # tiles: training items are random window x window crops; evaluation items are whole
         # images, which the evaluation slides a window over
         self.window = window
@@ -73,8 +73,9 @@ class CachedImages(Dataset):
         fov = torch.from_numpy(fov.astype(np.int64)) if fov is not None else torch.ones_like(mask)
         if self.train and self.window:
             image, mask, fov = random_crop(self.window, image, mask, fov)
-        if self.train:
+        if self.train and self.augment:
             image, mask, fov = augment.geometric(image, mask, fov)
+        if self.train:
             image = augment.intensity(image, self.jitter)
         out = {"image": image, "index": idx}
         if self.with_mask:
@@ -108,11 +109,17 @@ class PreparedData:
     window: int = 0  # > 0: the tiles layout, trained on window x window crops
 
     def dataset(self, part: str | list[str], *, train: bool = False, jitter: float = 0.0,
-                with_mask: bool = True) -> CachedImages:
-        """A split by name ('labeled', 'val'...) or an explicit list of image names."""
+                with_mask: bool = True, augment: bool = True) -> CachedImages:
+        """A split by name ('labeled', 'val'...) or an explicit list of image names. ``train``:
+        training items (random tiles, augmentation when ``augment``, intensity jitter)."""
         names = getattr(self.splits, part) if isinstance(part, str) else part
         return CachedImages(self.cache_path, [self.index[n] for n in names], self.mean, self.std,
-                            train=train, jitter=jitter, with_mask=with_mask, window=self.window)
+                            train=train, jitter=jitter, with_mask=with_mask, window=self.window, augment=augment)
+
+    def truth(self, part: str, resolution: str = "original"):
+        from ..evaluate import Truth
+
+        return Truth.of_images(self, part, resolution)
 
 
 def prepare(data_cfg, seed_splits: splits_mod.Splits | None = None, progress: bool = True, root: str | Path = "",
@@ -120,6 +127,15 @@ def prepare(data_cfg, seed_splits: splits_mod.Splits | None = None, progress: bo
     """List, check and cache the dataset and make the splits; all errors surface here. ``root``
     and ``cache_dir`` say where they are on this machine (empty: the environment's defaults)."""
     source = sources.open_source(data_cfg, root)
+    if source.dim == 3:
+        from .volumes import PreparedVolumes, ensure
+
+        path = ensure(source, str(cache_dir or ""), progress)
+        with cache.open_cache(path) as fh:
+            names = [n.decode() for n in fh["names"][()]]
+        return PreparedVolumes(source, path, seed_splits or make_run_splits(source, data_cfg),
+                               {n: i for i, n in enumerate(names)}, np.zeros(1), np.ones(1),
+                               tuple(data_cfg.patch), data_cfg.foreground_prob)
     path = cache.ensure(source, data_cfg.size, str(cache_dir or ""), progress, data_cfg.scale)
     splits = seed_splits or make_run_splits(source, data_cfg)
     with cache.open_cache(path) as fh:

@@ -23,7 +23,7 @@ class DiffusionCPS(Method):
     pretrained = ("teacher",)
     # stage 1 reads the images (never the labels: its pool is every training image, sorted),
     # the diffusion process, the networks' shape and its own schedule
-    stage1_keys = ("method", "seed", "data.dataset", "data.size", "data.val_ratio", "data.split_seed",
+    stage1_keys = ("method", "seed", "data.dataset", "data.size", "data.patch", "data.val_ratio", "data.split_seed",
                    "data.augment", "data.intensity_jitter", "data.synthetic_count", "data.synthetic_kind",
                    "diffusion.steps", "diffusion.schedule", "model.", "pretrain.")
 
