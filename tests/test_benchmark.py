@@ -37,6 +37,17 @@ def test_cells_have_stable_names_and_presets():
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.timeout(900)
+def test_la_benchmark_has_five_seeds_and_3d_presets():
+    bench = benchmark.load("la", "smoke")
+    cells = bench.cells()
+    assert len(cells) == 3 * 5 * len(bench.methods) and bench.seeds == (0, 1, 2, 3, 4)
+    assert {tuple(c.config["data"]["patch"]) for c in cells} == {(16, 16, 16)}
+    small = benchmark.load("la", "small").cells()[0].config
+    assert small["data"]["patch"] == [32, 32, 32] and small["model"]["width"] == 8
+    glas = benchmark.load("small").cells()[0].config  # 2D cells keep the shipped patch (unused)
+    assert glas["data"]["size"] == 64 and glas["data"]["patch"] == [96, 96, 80]
+
+
 def test_smoke_benchmark_on_real_glas_runs_reports_and_skips_finished_cells(ray_cluster, shared_data, tmp_path, capsys):
     folder = benchmark.run("smoke", storage=str(tmp_path), data_root=str(shared_data))
     out = capsys.readouterr().out
