@@ -270,6 +270,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"config key 'data.patch' must be three positive voxel counts, got {list(flat['data.patch'])}")
     from .data.sources import VOLUME_DATASETS
 
+    if flat["data.dataset"] in VOLUME_DATASETS and flat["model.student"] == "timm":
+        raise ConfigError(f"config key 'model.student' = 'timm' is 2D only; dataset '{flat['data.dataset']}' is "
+                          f"3D volumes: use model.student=twin")
     if flat["data.dataset"] in VOLUME_DATASETS and any(v % 2 ** flat["model.depth"] for v in flat["data.patch"]):
         raise ConfigError(f"config key 'data.patch' = {list(flat['data.patch'])}: every side must be divisible by "
                           f"2**model.depth = {2 ** flat['model.depth']}")
