@@ -40,6 +40,9 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str, tiny: dict | No
                 out[name] = [float(p.detach().sum()) for p in net.parameters()]
         with open(f"{out_dir}/rank{rank}.json", "w") as fh:
             json.dump(out, fh)
+        # both ranks done before either tears gloo down: a rank whose peer destroyed the group
+        # mid-exchange can abort in gloo's threads ("terminate called without an active exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
