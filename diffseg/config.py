@@ -6,6 +6,7 @@ line, in config files and in search spaces.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
@@ -153,6 +154,11 @@ MOVED = {
     "data.num_workers": "--loader-workers",
 }
 
+UPPER = {"model.depth": 8, "model.width": 1024, "data.size": 8192, "diffusion.steps": 100_000, "rounds": 100,
+         "ua_mt.passes": 256, "pretrain.batch_size": 65_536, "train.batch_size": 65_536,
+         "pretrain.epochs": 1_000_000, "train.epochs": 1_000_000, "pretrain.iters_per_epoch": 10**7,
+         "train.iters_per_epoch": 10**7, "data.synthetic_count": 100_000, "loss.ramp_epochs": 1_000_000}
+
 CHOICES = {
     "data.synthetic_kind": ("glands", "lesions"),
     "eval.resolution": ("original", "training"),
@@ -238,7 +244,13 @@ def validate(cfg: Config) -> Config:
     from .methods import METHODS  # the one table of methods (imports no config: no cycle)
 
     flat = to_flat(cfg)
-    for key, allowed in CHOICES.items() | {"method": tuple(METHODS)}.items():
+    for key, value in flat.items():  # NaN and infinity pass every comparison below: refuse them first
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"config key '{key}' must be a finite number, got {v}")
+    from .data.sources import REGISTRY
+
+    for key, allowed in CHOICES.items() | {"method": tuple(METHODS), "data.dataset": tuple(REGISTRY)}.items():
         if flat[key] not in allowed:
             raise ConfigError(f"config key '{key}' = {flat[key]!r}; choose one of {', '.join(allowed)}")
     positive = ["data.size", "diffusion.steps", "diffusion.sample_steps", "model.width", "model.depth",
@@ -246,6 +258,9 @@ def validate(cfg: Config) -> Config:
     for key in positive:
         if flat[key] < 1:
             raise ConfigError(f"config key '{key}' must be >= 1, got {flat[key]}")
+    for key, top in UPPER.items():  # sizes past these are typos, and some overflow what follows
+        if flat[key] > top:
+            raise ConfigError(f"config key '{key}' = {flat[key]} is beyond any sane setting (at most {top})")
     if not 0.0 <= flat["data.scale"] <= 4.0:
         raise ConfigError(f"config key 'data.scale' must be 0 (resize whole images) or in (0, 4], got {flat['data.scale']}")
     if not 0.0 <= flat["eval.overlap"] < 1.0:
@@ -261,6 +276,19 @@ def validate(cfg: Config) -> Config:
                 "data.intensity_jitter", "pretrain.iters_per_epoch", "train.iters_per_epoch"]:
         if flat[key] < 0:
             raise ConfigError(f"config key '{key}' must be >= 0, got {flat[key]}")
+    if flat["train.epochs"] < 1:
+        raise ConfigError("config key 'train.epochs' must be >= 1: with 0 nothing is trained or selected")
+    for key in ("pretrain.lr", "train.lr"):
+        if flat[key] <= 0:
+            raise ConfigError(f"config key '{key}' must be > 0, got {flat[key]}")
+    if flat["protocol"] == "standard" and flat["data.val_ratio"] == 0:
+        raise ConfigError("config key 'data.val_ratio' = 0 leaves an empty validation split, and selection "
+                          "(protocol=standard) needs one; use a ratio in (0, 1)")
+    if flat["data.val_ratio"] >= 1:
+        raise ConfigError(f"config key 'data.val_ratio' = {flat['data.val_ratio']} leaves no training images")
+    if flat["data.intensity_jitter"] >= 1:
+        raise ConfigError(f"config key 'data.intensity_jitter' = {flat['data.intensity_jitter']}: a jitter of "
+                          f"relative size 1 or more can invert or erase an image's contrast; use a value in [0, 1)")
     if flat["diffusion.start_t"] >= flat["diffusion.steps"]:
         raise ConfigError(f"config key 'diffusion.start_t' = {flat['diffusion.start_t']} must be < "
                           f"diffusion.steps = {flat['diffusion.steps']} (or -1 for random)")
@@ -381,11 +409,47 @@ def resolve_shipped(name_or_path: str | Path, directory: Path, what: str) -> Pat
     raise ConfigError(f"{what} file '{name_or_path}' not found (shipped {what} files: {known})")
 
 
-def read_yaml(path: Path, what: str) -> dict:
+class StrictLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+
+def _no_duplicates(loader: StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} appears twice in one mapping (lines {seen[key] + 1} and "
+                f"{key_node.start_mark.line + 1})", key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
+def read_text(path: Path, what: str) -> str:
+    """A text file the project reads (configs, study and benchmark files, lists): UTF-8, or an
+    error naming the file."""
     try:
-        return yaml.safe_load(Path(path).read_text()) or {}
+        return Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} file '{path}' is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} file '{path}': {exc.strerror}") from None
+
+
+def read_yaml(path: Path, what: str) -> dict:
+    text = read_text(path, what)
+    try:
+        data = yaml.load(text, Loader=StrictLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{what} file '{path}' is not valid YAML: {exc}") from None
+    if data is None:
+        raise ConfigError(f"{what} file '{path}' is empty")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} file '{path}' must be a mapping of keys to values, got {type(data).__name__}")
+    return data
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:

@@ -20,9 +20,25 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``; a device this machine lacks is refused by name
+    before any work starts."""
+    from .errors import ConfigError
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {name!r}: only auto, cpu, cuda and cuda:N are supported")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"--device {name!r}: this machine has no CUDA GPU (use --device cpu or auto)")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"--device {name!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    return device
 
 
 @dataclass(frozen=True)

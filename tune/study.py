@@ -6,6 +6,7 @@ file and the key at fault. No Ray import: a finished study is read back with thi
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -155,6 +156,11 @@ def parse_study(data: dict, overrides=None, source: str = "", data_root: str = "
         max_failures=_int(data.get("max_failures", 1), "max_failures", 0),
         source=source, **_absolute_paths(data_root, cache_dir))
     _check_resources(study)
+    for m in study.metrics:
+        if not reported(m, cfg):
+            raise ConfigError(f"objective metric '{m}' is not one a trial reports; use val_dice (the kept "
+                              f"model's), val_dice_last, val_dice_<predictor> ({', '.join(predictors(cfg))}), "
+                              f"pl_cost or epoch_s")
     if cfg.protocol == "paper" and any(m.startswith("val_") for m in study.metrics):
         raise ConfigError(f"objective '{study.metric}': under protocol=paper the trials select on the test "
                           f"split and report test_* metrics (test_dice), never val_*")
@@ -164,6 +170,21 @@ def parse_study(data: dict, overrides=None, source: str = "", data_root: str = "
         raise ConfigError(f"scheduler.grace_period = {study.grace_period} exceeds train.epochs = "
                           f"{study.max_epochs}")
     return study
+
+
+def predictors(cfg) -> tuple[str, ...]:
+    from diffseg.methods import method_class
+
+    return method_class(cfg.method).predictors
+
+
+def reported(metric: str, cfg) -> bool:
+    """Whether every epoch's report of a trial on ``cfg`` carries ``metric`` (see Loop.validate)."""
+    names = {"pl_cost", "epoch_s", "lr", "loss"}
+    for split in ("val", "test"):
+        names |= {f"{split}_dice", f"{split}_dice_last", f"{split}_dice_all_foreground"}
+        names |= {f"{split}_{what}_{p}" for p in predictors(cfg) for what in ("dice", "threshold")}
+    return metric in names
 
 
 def check_name(name: str) -> str:
@@ -199,7 +220,58 @@ def parse_space(space, cfg: config_mod.Config) -> tuple[Param, ...]:
         param = _param(key, spec, [p.key for p in params])
         _check_values(param, cfg, type(keys[key]))
         params.append(param)
+    _check_when_can_hold(params)
+    _check_combinations(params, cfg)
     return tuple(params)
+
+
+def _values(p: Param) -> list:
+    """The values a check tries: every choice, every integer of a short int range, else the ends."""
+    if p.kind == "int" and p.high - p.low <= 16:
+        return list(range(int(p.low), int(p.high) + 1))
+    return p.endpoints()
+
+
+def _check_when_can_hold(params: list[Param]) -> None:
+    by_key = {p.key: p for p in params}
+    for p in params:
+        for parent, cond in p.when.items():
+            q, parent_values = by_key[parent], _values(by_key[parent])
+            if q.kind != "choice" and isinstance(cond, dict):  # a range overlapping the parent's range
+                holds = cond.get("min", -math.inf) <= q.high and cond.get("max", math.inf) >= q.low
+            elif isinstance(cond, dict):
+                holds = any(cond.get("min", v) <= v <= cond.get("max", v) for v in parent_values)
+            else:
+                holds = any(v in cond for v in parent_values)
+            if not holds:
+                raise ConfigError(f"space '{p.key}': 'when: {{{parent}: {cond}}}' can never hold ({parent} takes "
+                                  f"{_describe(by_key[parent])}), so '{p.key}' would never be searched")
+
+
+def _describe(p: Param) -> str:
+    return f"{list(p.choices)}" if p.kind == "choice" else f"[{p.low}, {p.high}]"
+
+
+def _check_combinations(params: list[Param], cfg: config_mod.Config, limit: int = 4096) -> None:
+    """Values valid alone can be invalid together (data.size 96 with a sampled model.depth 6):
+    every combination of the tried values (up to ``limit``; the ends of wide ranges) must make a
+    valid trial config, so a bad study is refused before its folder exists."""
+    import itertools
+
+    tried = [_values(p) for p in params]
+    if math.prod(len(v) for v in tried) > limit:
+        tried = [p.endpoints() if len(v) > 2 and p.kind != "choice" else v for p, v in zip(params, tried)]
+    for n, combo in enumerate(itertools.product(*tried)):
+        if n >= limit:
+            break
+        chosen: dict = {}
+        for p, v in zip(params, combo):
+            if p.active(chosen):
+                chosen[p.key] = v
+        try:
+            config_mod.apply_overrides(cfg, chosen)
+        except ConfigError as exc:
+            raise ConfigError(f"space: the combination {chosen} makes an invalid trial: {exc}") from None
 
 
 def _param(key: str, spec, earlier: list[str]) -> Param:

@@ -72,14 +72,25 @@ class Source:
 
 # ----------------------------------------------------------------------------- file reading
 def read_image(path: Path, channels: int) -> np.ndarray:
+    """(H, W, C) uint8. 16-bit and 32-bit grayscale images are scaled to 8 bits by their type's
+    range (PIL's own conversion clips them at 255, which turns most of a 16-bit image white)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB" if channels == 3 else "L")
-            arr = np.asarray(img, dtype=np.uint8)
+            if img.mode.startswith("I") or img.mode == "F":
+                wide = np.asarray(img).astype(np.float64)
+                top = 65535.0 if img.mode.startswith("I;16") or wide.max(initial=0) > 255 else 255.0
+                if img.mode == "F":
+                    top = max(float(wide.max(initial=0)), 1.0)
+                arr = np.clip(np.round(wide / top * 255.0), 0, 255).astype(np.uint8)
+                arr = np.repeat(arr[..., None], 3, axis=-1) if channels == 3 else arr
+            else:
+                arr = np.asarray(img.convert("RGB" if channels == 3 else "L"), dtype=np.uint8)
     except FileNotFoundError:
         raise DataError(f"image file not found: {path}") from None
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"image file {path} is too large to read safely ({exc}); shrink it first") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"cannot read image file {path}: {exc}") from None
     return arr if channels == 3 else arr[..., None]
@@ -95,6 +106,8 @@ def read_mask(path: Path, instance_labels: bool = False, threshold: int = 0) -> 
             arr = np.asarray(img)
     except FileNotFoundError:
         raise DataError(f"mask file not found: {path}") from None
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"mask file {path} is too large to read safely ({exc}); shrink it first") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"cannot read mask file {path}: {exc}") from None
     if arr.ndim == 3:  # RGB(A) masks: all channels must agree
@@ -108,8 +121,8 @@ def read_mask(path: Path, instance_labels: bool = False, threshold: int = 0) -> 
     values = np.unique(arr)
     if set(values.tolist()) <= {0, 1}:
         return arr.astype(np.uint8)
-    if set(values.tolist()) <= {0, 255}:
-        return (arr > 127).astype(np.uint8)
+    if set(values.tolist()) <= {0, 255} or set(values.tolist()) <= {0, 65535}:  # 8- or 16-bit
+        return (arr > 0).astype(np.uint8)
     shown = ", ".join(str(v) for v in values[:8]) + (" ..." if len(values) > 8 else "")
     raise DataError(f"mask file {path} is not binary: values {shown} (expected 0/255 or 0/1; for masks "
                     f"saved lossily, e.g. as JPEG, set data.mask_threshold=127 to binarise at a value)")
@@ -130,9 +143,19 @@ def read_pair(item: Item, channels: int, instance_labels: bool = False, threshol
 
 
 def list_images(folder: Path) -> dict[str, Path]:
+    """Image files of a folder by stem. Hidden files (``.x.png``, macOS's ``._x.png``) are not
+    images; two files with one stem (``a.png`` and ``a.jpg``) are ambiguous and refused."""
     if not folder.is_dir():
         raise DataError(f"folder not found: {folder}")
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTS}
+    out: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or p.suffix.lower() not in IMAGE_EXTS or not p.is_file():
+            continue
+        if p.stem in out:
+            raise DataError(f"two files with the name '{p.stem}' in {folder}: {out[p.stem].name} and {p.name}; "
+                            f"keep one (an image and its mask are paired by name)")
+        out[p.stem] = p
+    return out
 
 
 def pair_folder(images: Path, masks: Path, split_of: Callable[[str], str],
@@ -156,21 +179,49 @@ def hashed_test_split(names: list[str], n_test: int, salt: str) -> set[str]:
     return set(order[:n_test])
 
 
+TRAIN_SPLITS = ("train", "training")
+
+
 def read_splits_csv(path: Path) -> dict[str, str]:
-    """``name,split`` rows, names with or without their extension; any split starting with
-    'test' is held out."""
-    out = {}
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        if reader.fieldnames is None or not {"name", "split"} <= {f.lower() for f in reader.fieldnames}:
-            raise DataError(f"{path} must have a header with columns 'name' and 'split'")
-        for row in reader:
-            row = {k.lower(): v for k, v in row.items()}
-            split = row["split"].strip().lower()
-            name = Path(row["name"].strip())
-            out[name.stem if name.suffix.lower() in IMAGE_EXTS else str(name)] = (
-                "test" if split.startswith("test") else "train")
+    """``name,split`` rows, names with or without their extension. A split is ``train`` (or
+    ``training``) or starts with ``test`` (held out: ``test``, ``testA``...); anything else, a
+    name listed twice with different splits, or a row without a name is refused with its line."""
+    out: dict[str, str] = {}
+    line_of: dict[str, int] = {}
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    reader = csv.DictReader(text.splitlines())
+    if reader.fieldnames is None or not {"name", "split"} <= {(f or "").strip().lower() for f in reader.fieldnames}:
+        raise DataError(f"{path} must have a header with columns 'name' and 'split'")
+    for row in reader:
+        line = reader.line_num
+        row = {(k or "").strip().lower(): (v or "") for k, v in row.items() if k is not None}
+        raw_name, split = row.get("name", "").strip(), row.get("split", "").strip().lower()
+        if not raw_name and not split:
+            continue  # a blank line
+        if not raw_name:
+            raise DataError(f"{path} line {line}: a row without a name")
+        if split not in TRAIN_SPLITS and not split.startswith("test"):
+            raise DataError(f"{path} line {line}: split {split!r} for '{raw_name}' is not 'train' or 'test...' "
+                            f"(validation is carved from the training images by data.val_ratio)")
+        name = Path(raw_name)
+        key = name.stem if name.suffix.lower() in IMAGE_EXTS else str(name)
+        value = "test" if split.startswith("test") else "train"
+        if key in out and out[key] != value:
+            raise DataError(f"{path} lines {line_of[key]} and {line}: '{key}' is listed as both {out[key]} and {value}")
+        out[key], line_of[key] = value, line
     return out
+
+
+def check_listed(splits: dict[str, str], items: list[Item], path: Path) -> None:
+    """Every row of a splits.csv names an image that exists: a typo must not silently shrink a split."""
+    missing = sorted(set(splits) - {it.name for it in items})
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise DataError(f"{path} lists {len(missing)} image(s) not found in the images folder: "
+                        f"{', '.join(missing[:5])}{more}")
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -186,6 +237,7 @@ def glas(root: Path, cfg) -> Source:
     if (root / "splits.csv").is_file() and (root / "images").is_dir():
         splits = read_splits_csv(root / "splits.csv")
         items = pair_folder(root / "images", root / "masks", lambda n: _from_csv(splits, n, root))
+        check_listed(splits, items, root / "splits.csv")
         return _pair_source("glas", root, items, cfg)
     annos = sorted(root.glob("*_anno.bmp"))
     if not annos:
@@ -241,18 +293,34 @@ def hmeps(root: Path, cfg) -> Source:
     return _pair_source("hmeps", root, items, cfg, channels=1)
 
 
+GRAY_MODES = ("L", "LA", "I", "I;16", "I;16B", "I;16L", "1", "F")
+
+
+def folder_channels(paths: list[Path]) -> int:
+    """1 when every image is grayscale, else 3 (grayscale images are then read as RGB). Decided
+    from every image's header (cheap: no pixels are decoded), never from the first alone."""
+    from PIL import Image, UnidentifiedImageError
+
+    gray = True
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                gray = gray and img.mode in GRAY_MODES
+        except Image.DecompressionBombError as exc:
+            raise DataError(f"image file {path} is too large to read safely ({exc}); shrink it first") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            raise DataError(f"cannot read image file {path}: {exc}") from None
+    return 1 if gray else 3
+
+
 def folder(root: Path, cfg) -> Source:
     """Any images/ + masks/ pair; splits.csv (name,split) optional, else a hashed 20 % test."""
     images = list_images(root / "images")
-    channels = 3
-    if images:
-        from PIL import Image
-
-        with Image.open(next(iter(images.values()))) as img:
-            channels = 1 if img.mode in ("L", "I", "I;16", "1") else 3
+    channels = folder_channels(list(images.values()))
     if (root / "splits.csv").is_file():
         splits = read_splits_csv(root / "splits.csv")
         items = pair_folder(root / "images", root / "masks", lambda n: _from_csv(splits, n, root))
+        check_listed(splits, items, root / "splits.csv")
     else:
         items = pair_folder(root / "images", root / "masks", lambda n: "train")
         test = hashed_test_split([it.name for it in items], max(1, round(len(items) * 0.2)), "folder")
