@@ -6,24 +6,30 @@ normalisation statistics included), and loading refuses anything else.
 """
 from __future__ import annotations
 
-import os
 import pickle
 import random
-import uuid
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from . import durable
 from .errors import DataError
 
 
-def save(obj: dict, path: Path) -> None:
-    """torch.save to a temporary name, then rename: a kill never leaves half a checkpoint."""
+def previous(path: Path) -> Path:
+    """Where ``save(..., keep_previous=True)`` keeps the checkpoint it replaced."""
+    return Path(path).with_name(Path(path).stem + ".prev" + Path(path).suffix)
+
+
+def save(obj: dict, path: Path, keep_previous: bool = False) -> None:
+    """torch.save durably to a temporary name, then rename: a kill never leaves half a checkpoint.
+    With ``keep_previous`` the replaced file stays as ``<name>.prev.pt`` until the next save, so a
+    checkpoint damaged later (a disk error, a bad copy) still has a good one behind it."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    if keep_previous and path.exists():
+        durable.keep_copy(path, previous(path))
+    durable.write_with(path, lambda fh: torch.save(obj, fh))
 
 
 def load(path: Path, device: torch.device | str = "cpu") -> dict:
@@ -33,8 +39,11 @@ def load(path: Path, device: torch.device | str = "cpu") -> dict:
     except pickle.UnpicklingError as exc:
         raise DataError(f"checkpoint {path} holds objects other than tensors and plain data; refused "
                         f"(loading it could run code). Detail: {str(exc).splitlines()[0]}") from None
-    except (RuntimeError, EOFError) as exc:
-        raise DataError(f"checkpoint {path} cannot be read ({str(exc).splitlines()[0]})") from None
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # a damaged file fails anywhere in the unpickler (struct.error, EOFError...)
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"checkpoint {path} cannot be read ({detail}): truncated or damaged") from None
 
 
 def rng_state() -> dict:

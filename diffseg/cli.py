@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from . import config as config_mod
-from .errors import DiffsegError
+from .errors import DiffsegError, Diverged
 
 
 def _common(p: argparse.ArgumentParser, config_default: str | None, required: bool | None = None) -> None:
@@ -160,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         args.fn(args)
+    except Diverged as exc:  # a result, not a crash: the run folder's summary.json records it
+        print(f"diverged: {exc}", file=sys.stderr)
+        return 3
     except DiffsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
@@ -250,6 +251,10 @@ def validate(cfg: Config) -> Config:
                 raise ConfigError(f"config key '{key}' must be a finite number, got {v}")
     from .data.sources import REGISTRY
 
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", flat["name"]):
+        raise ConfigError(f"config key 'name' = {flat['name']!r} must be letters, digits, '.', '_' or '-' "
+                          f"(it names the run folder, which must stay inside its parent)")
+
     for key, allowed in CHOICES.items() | {"method": tuple(METHODS), "data.dataset": tuple(REGISTRY)}.items():
         if flat[key] not in allowed:
             raise ConfigError(f"config key '{key}' = {flat[key]!r}; choose one of {', '.join(allowed)}")
@@ -475,4 +480,6 @@ def from_dict(data: dict) -> Config:
 
 
 def save(cfg: Config, path: Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    from .durable import write_text
+
+    write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

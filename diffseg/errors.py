@@ -11,3 +11,12 @@ class ConfigError(DiffsegError):
 
 class DataError(DiffsegError):
     """Missing, unreadable or inconsistent dataset files."""
+
+
+class Diverged(DiffsegError):
+    """Training diverged (a non-finite loss term, or one that exploded): a result of the run's
+    settings, recorded in its summary, never retried (the same settings diverge again)."""
+
+    def __init__(self, message: str, stage: str, epoch: int, key: str):
+        super().__init__(message)
+        self.stage, self.epoch, self.key = stage, epoch, key

@@ -14,7 +14,7 @@ import torch
 
 from . import checkpoint, config as config_mod, evaluate
 from .data import Splits, prepare
-from .errors import DataError
+from .errors import DataError, Diverged
 from .infer import load_kept
 from .methods import Stage, Step, build_method, stage1_config, stage1_key
 from .rundir import RunDir
@@ -49,14 +49,34 @@ def batches(loader, n: int):
             yield next(it)
 
 
+# every loss term of every method is a Dice loss (<= 1), a cross-entropy or a noise MSE of order 1,
+# weighted by factors of order 1: a term past this has left any sane range (it diverged)
+DIVERGED_LOSS = 1e4
+
+
+def check_divergence(stage: str, terms: dict, step: Step, cfg, runtime: Runtime) -> None:
+    """Raise Diverged when a loss term is not finite or has exploded, naming the term, the stage
+    and epoch, and the learning rate that most often causes it. Decided by every rank together,
+    so no rank waits in a collective for one that stopped."""
+    bad = next(((k, v) for k, v in terms.items() if not math.isfinite(v) or abs(v) > DIVERGED_LOSS), None)
+    if runtime.distributed and runtime.mean(1.0 if bad else 0.0) > 0 and bad is None:
+        bad = ("loss (on another rank)", math.nan)
+    if bad is None:
+        return
+    name, value = bad
+    lr = getattr(cfg, stage).lr
+    what = "is not finite" if not math.isfinite(value) else f"exceeds {DIVERGED_LOSS:g}"
+    raise Diverged(f"{stage} diverged at epoch {step.epoch + 1}, step {step.index + 1}: loss term "
+                   f"'{name}' = {value:.4g} {what}; the usual cause is the learning rate "
+                   f"(config key '{stage}.lr' = {lr:g}): lower it", stage, step.epoch, f"{stage}.lr")
+
+
 def train_step(method, stage: Stage, batch: dict, step: Step, runtime: Runtime) -> dict[str, float]:
     """One optimisation step of ``stage``: the method's loss, gradients averaged over the workers,
     every optimizer of the stage stepped, then the method's after-step hook. Returns the terms."""
     with runtime.autocast():
         loss, terms = method.loss(stage.name, batch, step)
-    if not math.isfinite(terms["loss"]):
-        raise FloatingPointError(f"{stage.name} loss became {terms['loss']} at epoch {step.epoch} step {step.index}: "
-                                 f"lower {stage.name}.lr")
+    check_divergence(stage.name, terms, step, method.cfg, runtime)
     optimizers = [method.optimizers[n] for n in stage.optimizers]
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
@@ -103,10 +123,25 @@ class Loop:
                          "networks": {n: net.state_dict() for n, net in self.method.networks.items()},
                          "optimizers": {n: o.state_dict() for n, o in self.method.optimizers.items()},
                          "rng": checkpoint.rng_state(), "config": config_mod.to_dict(self.cfg),
-                         "last_report": self.last_report}, self.rd.last)
+                         "last_report": self.last_report}, self.rd.last, keep_previous=True)
+
+    def load_last(self) -> dict:
+        """The last checkpoint, or (damaged or missing: a disk error, a bad copy) the one before it,
+        said in the log; neither readable is an error naming both files."""
+        prev = checkpoint.previous(self.rd.last)
+        try:
+            return checkpoint.load(self.rd.last, self.rt.device)
+        except (DataError, FileNotFoundError) as exc:
+            if not prev.exists():
+                raise
+            self.log(f"WARNING: {exc}; resuming from the checkpoint before it, {prev}")
+            try:
+                return checkpoint.load(prev, self.rt.device)
+            except DataError as second:
+                raise DataError(f"cannot resume {self.rd.path}: {exc}; and {second}") from None
 
     def restore(self) -> None:
-        state = checkpoint.load(self.rd.last, self.rt.device)
+        state = self.load_last()
         for name, net in self.method.networks.items():
             net.load_state_dict(state["networks"][name])
         for name, opt in self.method.optimizers.items():
@@ -154,7 +189,7 @@ class Loop:
             self.on_pretrained(path)
 
     def start(self) -> None:
-        resuming = self.rd.create(self.cfg, self.rt.device) if self.rt.is_main else self.rd.last.exists()
+        resuming = self.rd.create(self.cfg, self.rt.device) if self.rt.is_main else self.rd.resumable()
         if self.rt.is_main:
             self.data.splits.save(self.rd.path / "splits.json")
             self.writer = self.rd.writer()
@@ -170,13 +205,17 @@ class Loop:
         self.log(f"run {self.rd.path}: {self.cfg.method} on {self.data.source.dataset} "
                  f"{self.data.splits.counts()} on {self.rt.device}")
         names = [s.name for s in self.method.stages]
-        for i, stage in enumerate(self.method.stages):
-            if self.stage == stage.name:
-                self.run_stage(stage, i)
-                self.stage, self.epoch = (names[i + 1] if i + 1 < len(names) else "done"), 0
-                if stage.name == "pretrain":
-                    self.publish_pretrained()
-                self.save()
+        try:
+            for i, stage in enumerate(self.method.stages):
+                if self.stage == stage.name:
+                    self.run_stage(stage, i)
+                    self.stage, self.epoch = (names[i + 1] if i + 1 < len(names) else "done"), 0
+                    if stage.name == "pretrain":
+                        self.publish_pretrained()
+                    self.save()
+        except Diverged as exc:
+            self.record_divergence(exc, time.time() - t0)
+            raise
         summary = self.rt.share(self.finish(time.time() - t0) if self.rt.is_main else None)
         if self.last_report is not None:
             # the final epoch, reported once the summary exists (also when a run stopped after
@@ -312,7 +351,7 @@ class Loop:
         predicting foreground everywhere is flagged."""
         kept = load_kept(self.rd.path, self.rt.device)
         summary = {"run_dir": str(self.rd.path), "method": self.cfg.method, "dataset": self.data.source.dataset,
-                   "protocol": self.cfg.protocol, "resolution": self.cfg.eval.resolution,
+                   "status": "complete", "protocol": self.cfg.protocol, "resolution": self.cfg.eval.resolution,
                    "counts": self.data.splits.counts(), "selected": kept.selected, "wall_s": round(seconds, 1),
                    "device": str(self.rt.device), "peak_memory_mb": round(peak_memory_mb(self.rt.device), 1),
                    "pl_cost": self.method.pseudo_label_cost()}
@@ -341,6 +380,20 @@ class Loop:
         for flag in flags + ([summary["threshold_note"]] if "threshold_note" in summary else []):
             self.log(f"WARNING: {flag}")
         return summary
+
+    def record_divergence(self, exc: Diverged, seconds: float) -> None:
+        """A diverged run is a result: its summary says so and why; nothing is scored (the weights
+        are garbage), and the last good checkpoint stays for whoever wants to look."""
+        if self.writer is not None:
+            self.writer.close()
+        if not self.rt.is_main:
+            return
+        self.rd.write_json("summary.json", {
+            "run_dir": str(self.rd.path), "method": self.cfg.method, "dataset": self.data.source.dataset,
+            "status": "diverged", "reason": str(exc), "stage": exc.stage, "epoch": exc.epoch + 1, "key": exc.key,
+            "val": {}, "test": {}, "wall_s": round(seconds, 1), "device": str(self.rt.device)})
+        self.rd.log({"stage": "final", "epoch": exc.epoch, "status": "diverged"})
+        self.log(f"DIVERGED: {exc}")
 
     def score_split(self, kept, part: str) -> dict:
         if not getattr(self.data.splits, part):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from . import config as config_mod
+from . import config as config_mod, durable
 from .errors import ConfigError
 
 PACKAGES = ("torch", "torchvision", "numpy", "h5py", "timm", "tensorboardX", "ray", "optuna")
@@ -51,9 +51,23 @@ def _clean(value):
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """The records of a JSON-lines file; none when it does not exist."""
+    """The records of a JSON-lines file; none when it does not exist. A torn last line (a kill
+    in the middle of an append) is left out; a damaged line elsewhere is an error naming it."""
     path = Path(path)
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    if not path.exists():
+        return []
+    lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break  # torn by an interrupted append; a resume rewrites the file without it
+            raise ConfigError(f"{path} line {i + 1} is not JSON (damaged file): {line[:80]!r}") from None
+    return out
 
 
 class RunDir:
@@ -63,10 +77,19 @@ class RunDir:
         self.last = self.checkpoints / "last.pt"
         self.best = self.checkpoints / "best.pt"
 
+    def resumable(self) -> bool:
+        from .checkpoint import previous
+
+        return self.last.exists() or previous(self.last).exists()
+
     def create(self, cfg, device: torch.device) -> bool:
         """Make the folder; returns True when an earlier run of the same config is to be resumed."""
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
         saved = self.path / "config.yaml"
+        if self.resumable() and not saved.exists():
+            raise ConfigError(f"run directory {self.path} holds checkpoints but no config.yaml (deleted?); "
+                              f"refusing to guess which config made them: restore the file or choose a new --run-dir")
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        durable.remove_stale_temporaries(self.path, self.checkpoints)
         if saved.exists():
             old = config_mod.load(saved)
             if config_mod.to_dict(old) != config_mod.to_dict(cfg):
@@ -76,12 +99,14 @@ class RunDir:
                                   f"(differs in {diff}); choose a new --run-dir")
         else:
             config_mod.save(cfg, saved)
-        (self.path / "environment.json").write_text(json.dumps(environment(device), indent=1))
-        return self.last.exists()
+        durable.write_text(self.path / "environment.json", json.dumps(environment(device), indent=1))
+        return self.resumable()
 
     def log(self, record: dict) -> None:
         with open(self.path / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
 
     def records(self) -> list[dict]:
         return read_jsonl(self.path / "metrics.jsonl")
@@ -92,11 +117,12 @@ class RunDir:
         order = {"pretrain": 0, "train": 1, "done": 2, "final": 2}
         keep = [r for r in self.records()
                 if (order.get(r.get("stage"), 3), r.get("epoch", 0)) < (order[stage], epoch)]
-        (self.path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keep))
+        # rewritten whole: this also repairs a torn last line left by a kill mid-write
+        durable.write_text(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in keep))
 
     def write_json(self, name: str, data: dict) -> None:
-        (self.path / name).write_text(json.dumps({k: _clean(v) for k, v in data.items()}, indent=1,
-                                                 default=str))
+        durable.write_text(self.path / name, json.dumps({k: _clean(v) for k, v in data.items()}, indent=1,
+                                                        default=str))
 
     def writer(self):
         from tensorboardX import SummaryWriter

@@ -217,3 +217,25 @@ def test_study_larger_than_the_cluster_is_refused_before_its_folder_exists(ray_c
     with pytest.raises(ConfigError, match="one trial needs 3 CPUs.*cluster has 2 CPUs"):
         driver.search(str(path), storage=str(tmp_path / "studies"))
     assert not (tmp_path / "studies" / "huge").exists()  # the name stays free
+
+
+def test_diverged_trial_is_a_result_not_retried_and_the_study_goes_on(ray_cluster, tmp_path):
+    """One trial's learning rate explodes its loss: it ends once (no retry), complete in Optuna
+    with the worst value, "diverged" with its reason in the report; the other trial finishes."""
+    path = write_study(tmp_path / "div.yaml", space={"train.lr": {"choice": [0.01, 10000.0]}},
+                       trials=4, searcher={"type": "random", "seed": 0}, scheduler={"type": "none"},
+                       max_failures=2, set={"train.epochs": 3, "method": "supervised"})
+    study_dir = driver.search(str(path), storage=str(tmp_path / "studies"))
+    rows = read_csv(study_dir / "trials.csv")
+    assert {float(r["train.lr"]) for r in rows} == {0.01, 10000.0}  # seed 0 draws both
+    starts = [r["trial_id"] for r in trial_starts(study_dir)]
+    for r in rows:
+        if float(r["train.lr"]) == 10000.0:
+            assert r["state"] == "DIVERGED" and float(r["val_dice"]) == 0.0
+            summary = json.loads((study_dir / "trials" / r["trial_id"] / "summary.json").read_text())
+            assert summary["status"] == "diverged" and "train.lr" in summary["reason"]
+        else:
+            assert r["state"] == "COMPLETE" and float(r["val_dice"]) > 0
+        assert starts.count(r["trial_id"]) == 1  # never retried
+    assert set(journal_states(study_dir, "div").values()) == {"COMPLETE"}
+    assert "Diverged trials" in (study_dir / "report.md").read_text()

@@ -72,9 +72,12 @@ def collect(study: Study, study_dir: Path, study_ot=None) -> list[dict]:
         summary, stage1 = read_json(run / "summary.json"), read_json(run / "stage1.json")
         trial = ot.get(tid)
         params = dict(trial.params) if trial is not None else read_json(run / "params.json")
+        state = trial.state.name if trial is not None else "UNKNOWN"
+        if summary.get("status") == "diverged":  # complete for Optuna (with the worst value), diverged here
+            state = "DIVERGED"
         rows.append({
-            "trial_id": tid, "number": getattr(trial, "number", ""),
-            "state": trial.state.name if trial is not None else "UNKNOWN",
+            "trial_id": tid, "number": getattr(trial, "number", ""), "state": state,
+            "reason": summary.get("reason", ""),
             "params": params, "metrics": {m: last.get(m) for m in study.metrics},
             "test_dice": (summary.get("test") or {}).get("dice"),
             # the trivial floors of the selection split (from Tune's results) and of the test split
@@ -173,6 +176,10 @@ def markdown(study: Study, rows: list[dict], best: dict | None, plots: dict, stu
     else:
         lines += ["No trial has completed yet, so there is no best.yaml.", ""]
     lines += _table(study, rows) + [""]
+    diverged = [r for r in rows if r["state"] == "DIVERGED"]
+    if diverged:
+        lines += ["Diverged trials (recorded with the worst objective, not retried: the same settings "
+                  "diverge again):"] + [f"- {r['trial_id']}: {r['reason']}" for r in diverged] + [""]
     if study.second_metric:
         lines += _pareto(study, rows) + [""]
     for title, name in (("Validation Dice per trial over epochs", "curves"),

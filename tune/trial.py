@@ -106,7 +106,9 @@ def torch_trainer(study: Study, cfg, run_dir: Path, study_dir: Path, trial_id: s
         train_loop,
         train_loop_config={"config": config_mod.to_dict(cfg), "run_dir": str(run_dir),
                            "study_dir": str(study_dir), "data_root": study.data_root,
-                           "cache_dir": study.cache_dir, "wait_for_ack": reports is not None},
+                           "cache_dir": study.cache_dir, "wait_for_ack": reports is not None,
+                           "objectives": {m: mode for m, mode in ((study.metric, study.mode),
+                                                                  (study.second_metric, study.second_mode)) if m}},
         # explicit gradient all-reduce over this process group (see diffseg/runtime.py for why
         # not the DDP module wrapper): gloo on CPU, nccl on GPU
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from diffseg import config as config_mod
+from diffseg.errors import Diverged
 from diffseg.loop import fit
 from diffseg.methods import method_class
 from diffseg.runtime import Runtime
@@ -49,6 +50,22 @@ def train_loop(loop_cfg: dict) -> None:
         _run(cfg, run_dir, runtime, loop_cfg, log)
     except Stopped:
         log("stopped by Tune")
+    except Diverged as exc:
+        # a result, not a failure: the same settings diverge again, so the trial ends (never
+        # retried) with the worst objective, which tells the searcher to leave that region
+        log(f"DIVERGED: {exc}")
+        try:
+            runtime.report(diverged_result(exc, loop_cfg.get("objectives", {})), None)
+        except Stopped:
+            pass
+
+
+WORST_MIN = 1e12  # what a diverged trial reports for an objective to minimise (pl_cost, time)
+
+
+def diverged_result(exc: Diverged, objectives: dict) -> dict:
+    return {m: (0.0 if mode == "max" else WORST_MIN) for m, mode in objectives.items()} | {
+        "epoch": exc.epoch + 1, "diverged": 1}
 
 
 def _run(cfg, run_dir: Path, runtime: Runtime, loop_cfg: dict, log) -> None:

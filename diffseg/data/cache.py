@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import uuid
+import zlib
 from pathlib import Path
 
 import h5py
@@ -19,7 +20,7 @@ from filelock import FileLock
 from ..errors import DataError
 from .sources import Source
 
-FORMAT = 3  # 3: antialiased resizing, original-size masks
+FORMAT = 4  # 3: antialiased resizing, original-size masks; 4: a checksum per item
 
 
 def cache_dir(explicit: str = "") -> Path:
@@ -48,21 +49,43 @@ def open_cache(path: Path) -> h5py.File:
     return h5py.File(path, "r", locking=False)
 
 
+def checksum(*arrays) -> int:
+    """CRC-32 of the arrays' bytes: a cheap check that what is read is what was written."""
+    crc = 0
+    for a in arrays:
+        if a is not None:
+            crc = zlib.crc32(np.ascontiguousarray(a).tobytes(), crc)
+    return crc
+
+
+def verify(fh: h5py.File, name: str, index: int, *arrays) -> None:
+    if int(fh[name][index]) != checksum(*arrays):
+        item = fh["names"][index].decode() if "names" in fh else index
+        raise DataError(f"the preprocessing cache {fh.filename} is damaged: item '{item}' does not match its "
+                        f"checksum ({name}); delete the file and it is rebuilt from the dataset")
+
+
 def read_item(fh: h5py.File, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Image (H, W, C) uint8, mask and field of view (or None) of one item at the network's scale."""
+    """Image (H, W, C) uint8, mask and field of view (or None) of one item at the network's
+    scale, checked against the item's checksum (silent corruption is named, never trained on)."""
     if fh.attrs.get("layout") != "tiles":
-        return fh["images"][index], fh["masks"][index], fh["fov"][index] if "fov" in fh else None
-    lo, hi = int(fh["net_offset"][index]), int(fh["net_offset"][index + 1])
-    h, w = (int(v) for v in fh["net_shape"][index])
-    c = int(fh.attrs["channels"])
-    fov = fh["fov"][lo:hi].reshape(h, w) if "fov" in fh else None
-    return fh["images"][lo * c:hi * c].reshape(h, w, c), fh["masks"][lo:hi].reshape(h, w), fov
+        out = fh["images"][index], fh["masks"][index], fh["fov"][index] if "fov" in fh else None
+    else:
+        lo, hi = int(fh["net_offset"][index]), int(fh["net_offset"][index + 1])
+        h, w = (int(v) for v in fh["net_shape"][index])
+        c = int(fh.attrs["channels"])
+        fov = fh["fov"][lo:hi].reshape(h, w) if "fov" in fh else None
+        out = fh["images"][lo * c:hi * c].reshape(h, w, c), fh["masks"][lo:hi].reshape(h, w), fov
+    verify(fh, "item_crc", index, *out)
+    return out
 
 
 def original(fh: h5py.File, name: str, index: int) -> np.ndarray:
-    """The original-size mask ("orig_masks") or field of view ("orig_fov") of one item."""
+    """The original-size mask ("orig_masks") or field of view ("orig_fov") of one item, checked."""
     lo, hi = fh["orig_offset"][index], fh["orig_offset"][index + 1]
-    return fh[name][lo:hi].reshape(fh["orig_shape"][index])
+    out = fh[name][lo:hi].reshape(fh["orig_shape"][index])
+    verify(fh, f"{name}_crc", index, out)
+    return out
 
 
 def is_valid(path: Path, n_items: int) -> bool:
@@ -118,6 +141,7 @@ def build(source: Source, size: int, path: Path, progress: bool = True, scale: f
             offsets = np.zeros(n + 1, np.int64)
             shapes = np.zeros((n, 2), np.int32)
             fg = np.zeros(n, np.float64)
+            crcs = {k: np.zeros(n, np.int64) for k in ("item_crc", "orig_masks_crc", "orig_fov_crc")}
             total = np.zeros(c)
             total_sq = np.zeros(c)
             n_train = 0
@@ -139,6 +163,10 @@ def build(source: Source, size: int, path: Path, progress: bool = True, scale: f
                     images[i], masks[i] = small, small_mask
                     if fovs is not None:
                         fovs[i] = small_fov
+                u8 = lambda a: None if a is None else np.asarray(a).astype(np.uint8)  # noqa: E731 (as stored)
+                crcs["item_crc"][i] = checksum(u8(small), u8(small_mask), u8(small_fov) if fovs is not None else None)
+                crcs["orig_masks_crc"][i] = checksum(u8(mask))
+                crcs["orig_fov_crc"][i] = checksum(u8(fov if fov is not None else np.ones_like(mask)))
                 offsets[i + 1] = offsets[i] + mask.size
                 _append(orig_masks, mask.ravel())
                 if orig_fov is not None:
@@ -156,6 +184,8 @@ def build(source: Source, size: int, path: Path, progress: bool = True, scale: f
             fh.create_dataset("orig_shape", data=shapes)
             fh.create_dataset("orig_offset", data=offsets)
             fh.create_dataset("foreground", data=fg)
+            for name, values in crcs.items():
+                fh.create_dataset(name, data=values)
             if tiles:
                 fh.create_dataset("net_offset", data=net_offset)
                 fh.create_dataset("net_shape", data=net_shape)

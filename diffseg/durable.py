@@ -1,0 +1,75 @@
+"""Durable, atomic file writes: what a resume depends on is either the old file or the new one,
+never half of either, also after a power loss (temporary file, flush, fsync, rename, fsync of
+the folder). Leftover temporaries of an interrupted write are recognisable and removed."""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Callable
+
+TMP_SUFFIX = ".tmp"
+
+
+def temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
+
+
+def write_with(path: str | Path, write: Callable[[object], None]) -> None:
+    """``write(fh)`` into a temporary file beside ``path``, made durable, then renamed over it."""
+    path = Path(path)
+    tmp = temporary(path)
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    sync_folder(path.parent)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    write_with(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def keep_copy(path: Path, copy: Path) -> None:
+    """``copy`` becomes the current ``path`` (a hard link, no data copied, where the file system
+    has them): when ``path`` is then replaced by a rename, ``copy`` still holds the old file."""
+    tmp = temporary(copy)
+    try:
+        try:
+            os.link(path, tmp)
+        except OSError:
+            write_with(tmp, lambda fh: fh.write(Path(path).read_bytes()))
+        os.replace(tmp, copy)
+    finally:
+        tmp.unlink(missing_ok=True)
+    sync_folder(copy.parent)
+
+
+def sync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(*folders: Path) -> list[Path]:
+    """Temporaries (``.<name>.<hex>.tmp``) left by a write that was killed before its rename."""
+    removed = []
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for p in folder.glob(f".*{TMP_SUFFIX}"):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
