@@ -4,6 +4,7 @@ the folder). Leftover temporaries of an interrupted write are recognisable and r
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Callable
@@ -70,6 +71,8 @@ def remove_stale_temporaries(*folders: Path) -> list[Path]:
         if not folder.is_dir():
             continue
         for p in folder.glob(f".*{TMP_SUFFIX}"):
-            p.unlink(missing_ok=True)
-            removed.append(p)
+            # only this module's own pattern: other writers' temporaries may be mid-rename
+            if re.fullmatch(rf"\..+\.[0-9a-f]{{8}}{re.escape(TMP_SUFFIX)}", p.name):
+                p.unlink(missing_ok=True)
+                removed.append(p)
     return removed

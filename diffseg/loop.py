@@ -205,6 +205,10 @@ class Loop:
         self.log(f"run {self.rd.path}: {self.cfg.method} on {self.data.source.dataset} "
                  f"{self.data.splits.counts()} on {self.rt.device}")
         names = [s.name for s in self.method.stages]
+        if self.last_report is not None and self.stage == names[-1]:
+            # resumed mid-stage: the epoch saved last may have died before its report went out
+            # (a kill between the two); sent again, and whoever watches drops it if already taken
+            self.rt.report(self.last_report, self.rd.checkpoints)
         try:
             for i, stage in enumerate(self.method.stages):
                 if self.stage == stage.name:

@@ -153,6 +153,29 @@ def test_report_is_rebuilt_without_ray(glas_study):
     assert "report.md" in out.stdout and (study_dir / "report.md").exists()
 
 
+def test_report_names_damaged_files_and_keeps_complete_trials_complete(glas_study, tmp_path):
+    """A damaged Optuna journal, a damaged Tune result file and a damaged summary: the report is
+    still written, names each file and what failed, and complete trials stay complete."""
+    import shutil
+
+    from tune import report
+
+    _, original = glas_study
+    study_dir = tmp_path / "glas_tiny"
+    shutil.copytree(original, study_dir)
+    complete = [r["trial_id"] for r in read_csv(study_dir / "trials.csv") if r["state"] == "COMPLETE"]
+    (study_dir / "optuna.journal").write_bytes(b"\x00garbage{" + (study_dir / "optuna.journal").read_bytes()[:50])
+    result = study_dir / "tune" / complete[0] / "result.json"
+    lines = result.read_text().splitlines()
+    result.write_text("\n".join(lines[:1] + ["{torn"] + lines[1:]) + "\n")
+    (study_dir / "trials" / complete[-1] / "stage1.json").write_text("{not json")
+    text = report.write(study_dir).read_text()
+    assert "## Damaged files" in text
+    assert "optuna.journal" in text and str(result) in text and "stage1.json" in text
+    rows = {r["trial_id"]: r for r in read_csv(study_dir / "trials.csv")}
+    assert all(rows[t]["state"] == "COMPLETE" for t in complete)
+
+
 def test_existing_study_name_is_refused_and_left_untouched(glas_study):
     path, study_dir = glas_study
     journal_bytes = (study_dir / "optuna.journal").read_bytes()
@@ -239,3 +262,66 @@ def test_diverged_trial_is_a_result_not_retried_and_the_study_goes_on(ray_cluste
         assert starts.count(r["trial_id"]) == 1  # never retried
     assert set(journal_states(study_dir, "div").values()) == {"COMPLETE"}
     assert "Diverged trials" in (study_dir / "report.md").read_text()
+
+
+def test_worker_killed_at_random_epochs_resumes_and_reports_every_epoch_once(ray_cluster, tmp_path):
+    """The Train worker process is killed (SIGKILL, by PID) at three random epochs of one trial:
+    each time the worker group restarts from the run folder's last checkpoint, every epoch
+    reaches Tune and Optuna exactly once, and the report counts the restarts as attempts."""
+    import random
+
+    epochs, kills = 8, 3
+    path = write_study(tmp_path / "wk.yaml", space={"loss.cps": {"choice": [1.0]}}, trials=1, concurrency=1,
+                       scheduler={"type": "none"}, max_failures=kills + 1,
+                       set={"train.epochs": epochs, "method": "supervised", "train.iters_per_epoch": 4})
+    storage = tmp_path / "studies"
+    study_dir = storage / "wk"
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "tune", "search", str(path), "--storage", str(storage),
+                             "--address", ray_cluster], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    rng = random.Random(0)
+    targets = sorted(rng.sample(range(1, epochs - 1), kills))  # after epoch k has been recorded
+    killed = []
+
+    def run_folder() -> Path | None:
+        found = [p for p in (study_dir / "trials").glob("*") if p.is_dir()] if (study_dir / "trials").is_dir() else []
+        return found[0] if found else None
+
+    deadline = time.time() + 600
+    while targets and time.time() < deadline:
+        assert proc.poll() is None, proc.stdout.read()
+        run = run_folder()
+        done = [r for r in read_jsonl_safe(run / "metrics.jsonl") if r.get("stage") == "train"] if run else []
+        if done and done[-1]["epoch"] + 1 >= targets[0] and (run / "nodes.json").exists():
+            pid = json.loads((run / "nodes.json").read_text())[0]["pid"]
+            if pid not in [k for k, _ in killed]:
+                os.kill(pid, signal.SIGKILL)
+                killed.append((pid, done[-1]["epoch"] + 1))
+                targets.pop(0)
+        time.sleep(0.2)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    assert len(killed) == kills, (killed, out[-2000:])
+    run = run_folder()
+    results = [json.loads(line) for line in (study_dir / "tune" / run.name / "result.json").read_text().splitlines()
+               if line.strip()]
+    assert [r["epoch"] for r in results] == list(range(1, epochs + 1)), [r["epoch"] for r in results]
+    ot = optuna.load_study(study_name="wk", storage=journal(study_dir)).get_trials()
+    assert len(ot) == 1 and ot[0].state.name == "COMPLETE"
+    assert sorted(ot[0].intermediate_values) == list(range(1, epochs + 1))
+    rows = read_csv(study_dir / "trials.csv")
+    assert int(rows[0]["attempts"]) == kills + 1 and rows[0]["epochs"] == str(epochs)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "complete"
+    print(f"\nworker killed at epochs {[e for _, e in killed]}: {kills} of {kills} recovered, "
+          f"0 epochs lost or reported twice")
+
+
+def read_jsonl_safe(path: Path) -> list[dict]:
+    from diffseg.rundir import read_jsonl
+
+    try:
+        return read_jsonl(path)
+    except Exception:  # being rewritten by a resume at this moment
+        return []

@@ -10,6 +10,7 @@ from diffseg.config import ConfigError
 DEFAULT_STORAGE = "studies"
 JOURNAL = "optuna.journal"
 STARTS = "trial_starts"  # one JSON file per trial (re)start
+WORKER_STARTS = "worker_starts.jsonl"  # in a trial's run folder: one line per start of its worker group
 
 
 def study_dir_for(name: str, storage: str | None) -> Path:

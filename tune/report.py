@@ -14,24 +14,43 @@ from pathlib import Path
 
 import yaml
 
-from diffseg.rundir import RunDir, read_jsonl
+from diffseg import durable
+from diffseg.rundir import read_jsonl
 
-from .paths import trial_starts
+from .paths import WORKER_STARTS, trial_starts
 from .study import Study, study_from_yaml
 
 
 def write(study_dir: str | Path) -> Path:
     study_dir = Path(study_dir)
     study = study_from_yaml((study_dir / "study.yaml").read_text())
-    ot = optuna_study(study, study_dir)
-    rows = collect(study, study_dir, ot)
+    problems: list[str] = []  # damaged files, each named with what could not be read
+    try:
+        ot = optuna_study(study, study_dir)
+    except Exception as exc:  # a damaged journal fails anywhere inside Optuna's reader
+        ot = None
+        problems.append(f"`{study_dir / 'optuna.journal'}`: the Optuna journal could not be read "
+                        f"({type(exc).__name__}: {str(exc)[:200]}); trial states come from the run folders' summaries")
+    rows = collect(study, study_dir, ot, problems)
     write_csv(study, rows, study_dir / "trials.csv")
     best = best_row(study, rows)
     if best is not None:
         write_best(study, best, study_dir)
     plots = make_plots(study, rows, study_dir, ot)
-    (study_dir / "report.md").write_text(markdown(study, rows, best, plots, study_dir))
+    text = markdown(study, rows, best, plots, study_dir)
+    if problems:
+        text += "\n## Damaged files\n\n" + "\n".join(f"- {p}" for p in problems) + "\n"
+    durable.write_text(study_dir / "report.md", text)
     return study_dir / "report.md"
+
+
+def readable(read, path: Path, problems: list[str], default):
+    """``read(path)``, or ``default`` with the file and what failed added to ``problems``."""
+    try:
+        return read(path)
+    except Exception as exc:  # damaged: JSON errors, torn lines, bad bytes
+        problems.append(f"`{path}` could not be read ({type(exc).__name__}: {str(exc)[:160]})")
+        return default
 
 
 # ---------------------------------------------------------------------- gathering
@@ -58,7 +77,8 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def collect(study: Study, study_dir: Path, study_ot=None) -> list[dict]:
+def collect(study: Study, study_dir: Path, study_ot=None, problems: list[str] | None = None) -> list[dict]:
+    problems = [] if problems is None else problems
     ot = optuna_trials(study_ot)
     starts = Counter(r["trial_id"] for r in trial_starts(study_dir))
     ids = sorted(set(ot) | {p.name for p in (study_dir / "trials").glob("*") if p.is_dir()},
@@ -66,13 +86,16 @@ def collect(study: Study, study_dir: Path, study_ot=None) -> list[dict]:
     rows = []
     for tid in ids:
         run = study_dir / "trials" / tid
-        results = read_jsonl(study_dir / "tune" / tid / "result.json")
+        results = readable(read_jsonl, study_dir / "tune" / tid / "result.json", problems, [])
         last = results[-1] if results else {}
-        epochs = [r for r in RunDir(run).records() if r.get("stage") == "train"]
-        summary, stage1 = read_json(run / "summary.json"), read_json(run / "stage1.json")
+        epochs = [r for r in readable(read_jsonl, run / "metrics.jsonl", problems, []) if r.get("stage") == "train"]
+        summary = readable(read_json, run / "summary.json", problems, {})
+        stage1 = readable(read_json, run / "stage1.json", problems, {})
         trial = ot.get(tid)
-        params = dict(trial.params) if trial is not None else read_json(run / "params.json")
+        params = dict(trial.params) if trial is not None else readable(read_json, run / "params.json", problems, {})
         state = trial.state.name if trial is not None else "UNKNOWN"
+        if trial is None and summary.get("status") == "complete":  # no journal record: the run folder says
+            state = "COMPLETE"
         if summary.get("status") == "diverged":  # complete for Optuna (with the worst value), diverged here
             state = "DIVERGED"
         rows.append({
@@ -86,7 +109,8 @@ def collect(study: Study, study_dir: Path, study_ot=None) -> list[dict]:
             # the epochs Tune saw: a trial stopped by ASHA may finish one more before it is killed
             "epochs": int(last.get("epoch", len(epochs))), "wall_s": round(last.get("time_total_s", 0.0), 1),
             "stage1": "" if not stage1 else ("reused" if stage1["reused"] else "ran"),
-            "attempts": starts.get(tid, 0),
+            # starts of the trial (Tune) or of its worker group (Train, after a worker died)
+            "attempts": max(starts.get(tid, 0), len(read_jsonl(run / WORKER_STARTS))),
             # the best predictor of each epoch (teacher or student, model a or b, ...)
             "curve": [next((v for k, v in r.items() if k.endswith("_dice_last")), 0) for r in epochs],
             "config": run / "config.yaml",

@@ -7,6 +7,7 @@ callback that forwards each epoch's metrics to ``ray.train.report``.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from diffseg.loop import fit
 from diffseg.methods import method_class
 from diffseg.runtime import Runtime
 
+from .paths import WORKER_STARTS
 from .stage1 import SharedTeacher, decide
 
 ACK_FILE = "tune_ack"  # the last epoch Tune has taken (written by the trial function)
@@ -93,7 +95,7 @@ def _device() -> torch.device:
 def _record_nodes(run_dir: Path, runtime: Runtime) -> None:
     """Which node each rank runs on, in the run folder (``nodes.json``, rewritten per attempt)."""
     here = {"rank": runtime.rank, "node_id": ray.get_runtime_context().get_node_id(),
-            "hostname": socket.gethostname()}
+            "hostname": socket.gethostname(), "pid": os.getpid()}
     everyone = [here]
     if runtime.distributed:
         everyone = [None] * runtime.world_size
@@ -101,10 +103,22 @@ def _record_nodes(run_dir: Path, runtime: Runtime) -> None:
     if runtime.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "nodes.json").write_text(json.dumps(everyone, indent=1))
+        # one line per start of the worker group: Train restarts it inside one Tune trial after a
+        # worker dies, which the trial's own start files do not see; the report counts both
+        with open(run_dir / WORKER_STARTS, "a") as fh:
+            fh.write(json.dumps({"time": time.time(), "ranks": everyone}) + "\n")
 
 
 def _reporter(rank: int, ack: Path | None, log):
     def report(metrics: dict, checkpoint_dir: Path | None) -> None:
+        # an epoch Tune has already taken is not sent again: a resumed attempt re-sends the epoch
+        # it restored, which a kill may have stopped before its report (every rank decides alike)
+        if ack is not None:
+            taken = [_acked(ack) if rank == 0 else -1]
+            if dist.is_initialized():
+                dist.broadcast_object_list(taken, src=0)
+            if taken[0] >= int(metrics["epoch"]):
+                return
         # a barrier: every rank reports each epoch. No checkpoint goes to Ray: the run folder on
         # the study's shared storage holds the only copy, written once per epoch, and a restarted
         # worker group resumes from it
@@ -119,6 +133,14 @@ def _reporter(rank: int, ack: Path | None, log):
         if verdict == STOP:
             raise Stopped
     return report
+
+
+def _acked(ack: Path) -> int:
+    """The last epoch Tune has taken (-1: none yet, or the trial was stopped)."""
+    try:
+        return int(ack.read_text().strip() or -1)
+    except (FileNotFoundError, ValueError):
+        return -1
 
 
 def _wait_for_ack(ack: Path, epoch: int, log) -> str:
