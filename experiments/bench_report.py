@@ -157,22 +157,28 @@ def make_plots(rows: list[dict], bench_dir: Path) -> dict[str, str]:
     methods = sorted({r["method"] for r in rows})
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets) + 1, 4), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
-        for m in methods:
+        for k, m in enumerate(methods):
             ratios = sorted({r["ratio"] for r in rows if r["dataset"] == dataset and r["method"] == m})
             stats = [mean_ci([r["test_dice"] for r in rows if (r["dataset"], r["ratio"], r["method"]) == (dataset, q, m)])
                      for q in ratios]
             means = [s[0] for s in stats]
             halves = [s[1] if math.isfinite(s[1]) else 0.0 for s in stats]
-            xs = [q * 100 for q in ratios]
-            ax.plot(xs, means, marker="o", label=m)
-            ax.fill_between(xs, [a - b for a, b in zip(means, halves)], [a + b for a, b in zip(means, halves)], alpha=0.15)
+            # methods side by side around each ratio, so their interval bars do not hide each other
+            xs = [q * 100 + (k - (len(methods) - 1) / 2) * 0.15 for q in ratios]
+            line = ax.errorbar(xs, means, yerr=halves, marker="o", capsize=3, label=m)
+            if len(xs) > 1:  # the band needs two ratios; a single ratio shows the bars alone
+                ax.fill_between(xs, [a - b for a, b in zip(means, halves)], [a + b for a, b in zip(means, halves)],
+                                alpha=0.12, color=line[0].get_color())
+        all_ratios = sorted({r["ratio"] * 100 for r in rows if r["dataset"] == dataset})
+        ax.set_xticks(all_ratios)
+        ax.set_xlim(min(all_ratios) - 1, max(all_ratios) + 1)
         floor = next((r["test_all_foreground_dice"] for r in rows if r["dataset"] == dataset
                       and r["test_all_foreground_dice"] is not None), None)
         if floor is not None:
             ax.axhline(floor, color="grey", linestyle=":", label="all-foreground")
         ax.set_title(dataset)
         ax.set_xlabel("labeled images (%)")
-        ax.set_ylabel("test Dice (mean, 95 % CI band)")
+        ax.set_ylabel("test Dice (mean, 95 % CI)")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.tight_layout()
