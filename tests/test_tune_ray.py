@@ -261,6 +261,10 @@ def test_diverged_trial_is_a_result_not_retried_and_the_study_goes_on(ray_cluste
             assert r["state"] == "COMPLETE" and float(r["val_dice"]) > 0
         assert starts.count(r["trial_id"]) == 1  # never retried
     assert set(journal_states(study_dir, "div").values()) == {"COMPLETE"}
+    ot = optuna.load_study(study_name="div", storage=journal(study_dir)).get_trials()
+    bad = [t for t in ot if t.params["train.lr"] == 10000.0]
+    assert bad and all("train.lr" in t.user_attrs.get("diverged", "") for t in bad)
+    assert all("diverged" not in t.user_attrs for t in ot if t.params["train.lr"] == 0.01)
     assert "Diverged trials" in (study_dir / "report.md").read_text()
 
 

@@ -23,7 +23,7 @@ class Progress(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         value = result.get(self.metric)
-        if value is None:
+        if value is None or result.get("diverged"):
             return
         better = self.best is None or (value > self.best[0] if self.mode == "max" else value < self.best[0])
         if better:
@@ -33,8 +33,10 @@ class Progress(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.done += 1
-        epoch = (trial.last_result or {}).get("epoch", 0)
-        how = ("finished" if epoch >= self.max_epochs else f"stopped early by ASHA after epoch {epoch}"
+        last = trial.last_result or {}
+        epoch = last.get("epoch", 0)
+        how = (f"DIVERGED at epoch {epoch}: {last.get('diverged_reason', '')}" if last.get("diverged") else
+               "finished" if epoch >= self.max_epochs else f"stopped early by ASHA after epoch {epoch}"
                if self.scheduler == "asha" else f"ended after epoch {epoch} of {self.max_epochs}")
         self.say(f"trial {trial.trial_id} {how} ({self.done}/{self.total} trials ended)")
 

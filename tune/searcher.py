@@ -3,7 +3,9 @@
 Ray's OptunaSearch tells a trial stopped by ASHA as COMPLETE with its early value, so TPE would
 mix budgets. Here a trial that ends without error before the last epoch is told PRUNED, with the
 value of every epoch it reported, the one that got it stopped included; intermediate values are
-keyed by epoch (not Tune's iteration count, which restarts on resume).
+keyed by epoch (not Tune's iteration count, which restarts on resume). A diverged trial is told
+COMPLETE with the worst value its worker reported, and the reason as the user attribute
+``diverged``.
 """
 from __future__ import annotations
 
@@ -36,7 +38,12 @@ class StudySearch(OptunaSearch):
             done.add(epoch)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        stopped_early = (not error and result and trial_id in self._ot_trials
+        diverged = bool(result and result.get("diverged")) and trial_id in self._ot_trials
+        if diverged and trial_id not in self._completed_trials:
+            # complete with the worst value (the searcher learns to avoid the region), the reason
+            # kept on the Optuna trial; not pruned: its early end says nothing about the budget
+            self._ot_trials[trial_id].set_user_attr("diverged", str(result.get("diverged_reason", "diverged")))
+        stopped_early = (not error and result and trial_id in self._ot_trials and not diverged
                          and int(result.get("epoch", self.max_epochs)) < self.max_epochs)
         if result and not error and trial_id in self._ot_trials and trial_id not in self._completed_trials \
                 and not isinstance(self.metric, list):

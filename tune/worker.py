@@ -67,7 +67,7 @@ WORST_MIN = 1e12  # what a diverged trial reports for an objective to minimise (
 
 def diverged_result(exc: Diverged, objectives: dict) -> dict:
     return {m: (0.0 if mode == "max" else WORST_MIN) for m, mode in objectives.items()} | {
-        "epoch": exc.epoch + 1, "diverged": 1}
+        "epoch": exc.epoch + 1, "diverged": 1, "diverged_reason": str(exc)}
 
 
 def _run(cfg, run_dir: Path, runtime: Runtime, loop_cfg: dict, log) -> None:
