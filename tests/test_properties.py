@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from hypothesis import HealthCheck, event, given, settings, strategies as st
+from hypothesis import HealthCheck, event, example, given, settings, strategies as st
 from PIL import Image
 
 from diffseg import config
@@ -119,6 +119,9 @@ def write_folder(root: Path, files, csv) -> None:
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(folders())
+@example(([{"mode": "P", "size": (4, 4), "mask": "0/255", "ext": ".bmp"},  # found by hypothesis: a grey
+           {"mode": "L", "size": (4, 4), "mask": "0/255", "ext": ".png"},  # palette BMP opens as L
+           {"mode": "L", "size": (4, 4), "mask": "0/255", "ext": ".png"}], None))
 def test_dataset_folders_are_accepted_correctly_or_refused_cleanly(spec):
     from diffseg.data import prepare
 
@@ -141,6 +144,8 @@ def test_dataset_folders_are_accepted_correctly_or_refused_cleanly(spec):
             image, mask, _ = src.read(item)
             assert image.shape[:2] == mask.shape and set(np.unique(mask).tolist()) <= {0, 1}
             assert image.shape[2] == src.channels
-        assert src.channels == (1 if all(f["mode"] in ("L", "I;16") for f in files) else 3)
+        # grayscale exactly when every image file opens grayscale (a palette BMP of greys opens as L)
+        gray = all(Image.open(it.image).mode in sources.GRAY_MODES for it in src.items)
+        assert src.channels == (1 if gray else 3)
         assert data.splits.test and data.splits.labeled
         assert isinstance(sources.open_source(cfg.data, root), sources.Source)
