@@ -44,6 +44,14 @@ def write_study(path: Path, **changes) -> Path:
     return path
 
 
+def start_driver(path: Path, storage: Path, address: str) -> subprocess.Popen:
+    """`python -m tune search` in its own process group (a test may kill it), output captured."""
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "tune", "search", str(path), "--storage", str(storage),
+                             "--address", address], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
 def journal_states(study_dir: Path, name: str) -> dict[str, str]:
     ot = optuna.load_study(study_name=name, storage=journal(study_dir))
     return {t.user_attrs.get("tune_trial_id", f"#{t.number}"): t.state.name for t in ot.get_trials()}
@@ -192,10 +200,7 @@ def test_killed_driver_is_resumed_without_rerunning_completed_trials(ray_cluster
                        set={"data.synthetic_count": 16, "train.epochs": 2})
     storage = tmp_path / "studies"
     study_dir = storage / "killme"
-    env = os.environ | {"PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "tune", "search", str(path), "--storage", str(storage),
-                             "--address", ray_cluster], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = start_driver(path, storage, ray_cluster)
     def started() -> list[str]:
         return list(dict.fromkeys(r["trial_id"] for r in trial_starts(study_dir)))
 
@@ -280,10 +285,7 @@ def test_worker_killed_at_random_epochs_resumes_and_reports_every_epoch_once(ray
                        set={"train.epochs": epochs, "method": "supervised", "train.iters_per_epoch": 4})
     storage = tmp_path / "studies"
     study_dir = storage / "wk"
-    env = os.environ | {"PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "tune", "search", str(path), "--storage", str(storage),
-                             "--address", ray_cluster], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = start_driver(path, storage, ray_cluster)
     rng = random.Random(0)
     targets = sorted(rng.sample(range(1, epochs - 1), kills))  # after epoch k has been recorded
     killed = []
