@@ -24,6 +24,12 @@ def make_betas(schedule: str, steps: int) -> torch.Tensor:
     raise ValueError(f"unknown beta schedule '{schedule}' (sigmoid, linear, cosine)")
 
 
+def _on(generator: torch.Generator | None, device) -> torch.device:
+    """Where to draw: on the generator's device when there is one. Evaluation passes a CPU
+    generator, so a model's noise, and with it its scores, are the same on a GPU and on a CPU."""
+    return generator.device if generator is not None else torch.device(device)
+
+
 def _at(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """values[t] shaped (B, 1, 1, ...) to broadcast against ``like``."""
     out = values.to(like.device)[t].to(like.dtype)
@@ -39,7 +45,7 @@ class Diffusion:
         self.sqrt_one_minus_abar = (1 - abar).sqrt().float()
 
     def sample_t(self, n: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
-        return torch.randint(0, self.steps, (n,), device=device, generator=generator)
+        return torch.randint(0, self.steps, (n,), device=_on(generator, device), generator=generator).to(device)
 
     def q_sample(self, z0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         noise = torch.randn_like(z0) if noise is None else noise
@@ -67,7 +73,8 @@ class Diffusion:
         empty = torch.full((b, classes, *image.shape[2:]), -1.0, device=image.device, dtype=image.dtype)
         empty[:, 0] = 1.0  # one-hot background mapped to [-1, 1]
         t = self.start_timesteps(b, image.device, start_t, generator)
-        noise = torch.randn(empty.shape, device=image.device, dtype=image.dtype, generator=generator)
+        noise = torch.randn(empty.shape, device=_on(generator, image.device), dtype=image.dtype,
+                            generator=generator).to(image.device)
         zt = self.q_sample(empty, t, noise)
         # per-sample schedule t -> 0 in sample_steps calls
         fractions = torch.linspace(1, 0, sample_steps + 1, device=image.device)[:-1]

@@ -23,7 +23,7 @@ def collect(model, dataset, diffusion, dcfg, runtime, seed: int = 0, batch_size:
     was_training = model.training
     model.eval()
     # a dedicated generator: the random start timesteps are the same on every evaluation
-    gen = torch.Generator(device=runtime.device).manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # on the CPU: see diffusion._on
 
     def probabilities(x: torch.Tensor) -> torch.Tensor:  # (B, C, h, w) -> (B, K, h, w)
         with runtime.autocast():

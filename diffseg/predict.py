@@ -37,7 +37,7 @@ def predict_folder(run_dir, input_dir, output_dir, probabilities: bool = False, 
     if not files:
         raise DataError(f"no images ({', '.join(IMAGE_EXTS)}) in input folder {input_dir}")
     size, scale = kept.cfg.data.size, kept.cfg.data.scale
-    gen = torch.Generator(device=rt.device).manual_seed(kept.cfg.seed)
+    gen = torch.Generator().manual_seed(kept.cfg.seed)  # CPU: diffusion._on
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for i, path in enumerate(files):
@@ -124,7 +124,7 @@ def predict_volumes(kept, rt, input_dir: Path, output_dir: Path, probabilities: 
         raise DataError(f"no volumes ({', '.join(VOLUME_EXTS)}, or LA case folders) in input folder {input_dir}")
     default_spacing = tuple(kept.cfg.data.spacing) or LA_SPACING
     volumes = [(name, path, *read_input_volume(path, default_spacing)) for name, path in files]  # all checked first
-    gen = torch.Generator(device=rt.device).manual_seed(kept.cfg.seed)
+    gen = torch.Generator().manual_seed(kept.cfg.seed)  # CPU: diffusion._on
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for i, (name, path, image, spacing) in enumerate(volumes):

@@ -79,8 +79,9 @@ class Runtime:
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         model = model.to(self.device)
-        if self.device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
+        if self.device.type == "cuda":  # channels-last convolutions; 5-D weights need the 3-D format
+            volumetric = any(p.dim() == 5 for p in model.parameters())
+            model = model.to(memory_format=torch.channels_last_3d if volumetric else torch.channels_last)
         self.broadcast_state(model)
         return model
 
