@@ -169,4 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a write the storage refused outside the durable writers
+        from .durable import storage_error
+
+        error = storage_error(exc, exc.filename or "a file")
+        if error is None:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0

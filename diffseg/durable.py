@@ -3,13 +3,38 @@ never half of either, also after a power loss (temporary file, flush, fsync, ren
 the folder). Leftover temporaries of an interrupted write are recognisable and removed."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
 import uuid
 from pathlib import Path
 from typing import Callable
 
+from .errors import StorageError
+
 TMP_SUFFIX = ".tmp"
+# what the storage, not the program, is at fault for: reported as one line naming the path
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+
+def storage_error(exc: OSError, path) -> StorageError | None:
+    """The one-line error for a write that failed because of the storage; None otherwise."""
+    if exc.errno not in STORAGE_ERRNOS:
+        return None
+    return StorageError(f"cannot write {exc.filename or path}: {exc.strerror or os.strerror(exc.errno)}")
+
+
+@contextlib.contextmanager
+def writing(path):
+    """Turns a storage failure inside the block into a StorageError naming ``path``."""
+    try:
+        yield
+    except OSError as exc:
+        error = storage_error(exc, path)
+        if error is None:
+            raise
+        raise error from exc
 
 
 def temporary(path: Path) -> Path:
@@ -21,11 +46,12 @@ def write_with(path: str | Path, write: Callable[[object], None]) -> None:
     path = Path(path)
     tmp = temporary(path)
     try:
-        with open(tmp, "wb") as fh:
+        with writing(path), open(tmp, "wb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        with writing(path):
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     sync_folder(path.parent)
@@ -44,7 +70,8 @@ def keep_copy(path: Path, copy: Path) -> None:
             os.link(path, tmp)
         except OSError:
             write_with(tmp, lambda fh: fh.write(Path(path).read_bytes()))
-        os.replace(tmp, copy)
+        with writing(copy):
+            os.replace(tmp, copy)
     finally:
         tmp.unlink(missing_ok=True)
     sync_folder(copy.parent)

@@ -13,6 +13,11 @@ class DataError(DiffsegError):
     """Missing, unreadable or inconsistent dataset files."""
 
 
+class StorageError(DiffsegError):
+    """A file could not be written: the disk or quota is full, the file system is read-only, or
+    permission is denied. The message names the path and the cause."""
+
+
 class Diverged(DiffsegError):
     """Training diverged (a non-finite loss term, or one that exploded): a result of the run's
     settings, recorded in its summary, never retried (the same settings diverge again)."""

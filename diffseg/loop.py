@@ -195,8 +195,13 @@ class Loop:
             self.writer = self.rd.writer()
         if resuming:
             self.restore()
-        elif self.pretrained is not None:
-            self.load_pretrained()
+        else:
+            if self.rt.is_main and (self.rd.path / "metrics.jsonl").exists():
+                # records of an attempt that ended before its first checkpoint (a full disk,
+                # say): this start trains those epochs again
+                self.rd.truncate_log("pretrain", 0)
+            if self.pretrained is not None:
+                self.load_pretrained()
 
     # ------------------------------------------------------------------ stages
     def fit(self) -> dict:

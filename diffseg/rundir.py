@@ -88,7 +88,8 @@ class RunDir:
         if self.resumable() and not saved.exists():
             raise ConfigError(f"run directory {self.path} holds checkpoints but no config.yaml (deleted?); "
                               f"refusing to guess which config made them: restore the file or choose a new --run-dir")
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        with durable.writing(self.checkpoints):
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
         durable.remove_stale_temporaries(self.path, self.checkpoints)
         if saved.exists():
             old = config_mod.load(saved)
@@ -103,7 +104,7 @@ class RunDir:
         return self.resumable()
 
     def log(self, record: dict) -> None:
-        with open(self.path / "metrics.jsonl", "a") as fh:
+        with durable.writing(self.path / "metrics.jsonl"), open(self.path / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
             fh.flush()
             os.fsync(fh.fileno())

@@ -8,6 +8,7 @@ and rebuilt.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import uuid
 import zlib
@@ -17,7 +18,8 @@ import h5py
 import numpy as np
 from filelock import FileLock
 
-from ..errors import DataError
+from ..durable import storage_error
+from ..errors import DataError, StorageError
 from .sources import Source
 
 FORMAT = 4  # 3: antialiased resizing, original-size masks; 4: a checksum per item
@@ -192,8 +194,24 @@ def build(source: Source, size: int, path: Path, progress: bool = True, scale: f
             fh.attrs.update(mean=mean, std=std, dataset=source.dataset, size=size, channels=c, scale=scale,
                             layout="tiles" if tiles else "resized", complete=1)
         os.replace(tmp, path)
+    except OSError as exc:
+        # HDF5 reports a full disk as a bare OSError (often without errno): the free space says
+        raise storage_error(exc, tmp) or (StorageError(f"cannot write the cache {tmp}: {exc}")
+                                          if shutil.disk_usage(path.parent).free < 2**20 else exc) from exc
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_space(folder: Path, source: Source, size: int, scale: float) -> None:
+    """Refuses to start a cache that cannot fit: HDF5 has been seen to crash, not fail, on a full
+    disk. The estimate is a floor: the network-size arrays (at ``size``, also for tiles) without
+    compression, not the original masks, whose size is known only once read."""
+    need = int(len(source.items) * size * size * (source.channels + 2) * 1.1) + 2**20
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise StorageError(f"cannot write the cache in {folder}: it needs at least {need / 2**20:.1f} MB for "
+                           f"{len(source.items)} {source.dataset} images and {free / 2**20:.1f} MB are free "
+                           f"(set DIFFSEG_CACHE or --cache-dir to a folder with room)")
 
 
 def _append(dataset, values: np.ndarray) -> None:
@@ -244,6 +262,7 @@ def ensure(source: Source, size: int, directory: str = "", progress: bool = True
     with FileLock(str(path.with_name(path.name + ".lock"))):
         if path.exists() and is_valid(path, len(source.items)):
             return path
+        check_space(path.parent, source, size, scale)
         if path.exists():
             print(f"cache {path} is incomplete or corrupt: rebuilding it", file=sys.stderr)
         if progress:

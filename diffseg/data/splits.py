@@ -21,7 +21,9 @@ class Splits:
         return {k: len(v) for k, v in asdict(self).items()}
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps({k: list(v) for k, v in asdict(self).items()}, indent=1))
+        from .. import durable
+
+        durable.write_text(path, json.dumps({k: list(v) for k, v in asdict(self).items()}, indent=1))
 
     @classmethod
     def load(cls, path: Path) -> "Splits":

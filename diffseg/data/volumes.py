@@ -9,6 +9,7 @@ complete; a file that fails to open or misses an item is rebuilt.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import uuid
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ import torch
 from filelock import FileLock
 from torch.utils.data import Dataset
 
-from ..errors import DataError
+from ..durable import storage_error
+from ..errors import DataError, StorageError
 from . import splits as splits_mod
 from .cache import Progress, cache_dir as default_cache_dir, open_cache
 from .sources import Source
@@ -57,6 +59,9 @@ def ensure(source: Source, directory: str | Path = "", progress: bool = True) ->
         try:
             _build(source, tmp, progress)
             os.replace(tmp, path)
+        except OSError as exc:  # a full disk: HDF5's error often lacks its errno (see cache.build)
+            raise storage_error(exc, tmp) or (StorageError(f"cannot write the volume store {tmp}: {exc}")
+                                              if shutil.disk_usage(directory).free < 2**20 else exc) from exc
         finally:
             tmp.unlink(missing_ok=True)
     return path
