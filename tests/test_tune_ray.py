@@ -192,7 +192,7 @@ def test_existing_study_name_is_refused_and_left_untouched(glas_study):
     assert (study_dir / "optuna.journal").read_bytes() == journal_bytes
 
 
-def test_killed_driver_is_resumed_without_rerunning_completed_trials(ray_cluster, tmp_path):
+def test_killed_driver_is_resumed_without_rerunning_completed_trials(ray_cluster, tmp_path, capsys):
     """Two-worker trials (gloo all-reduce between two Train workers) on synthetic data; the driver
     process is killed once a trial has finished, then `resume` completes the study."""
     path = write_study(tmp_path / "killme.yaml", trials=3, concurrency=1, scheduler={"type": "none"},
@@ -220,8 +220,13 @@ def test_killed_driver_is_resumed_without_rerunning_completed_trials(ray_cluster
     finished = {started()[0]}
     assert (study_dir / "trials" / started()[0] / "summary.json").exists()
     summaries = {tid: (study_dir / "trials" / tid / "summary.json").read_text() for tid in finished}
+    # the kill also tore Tune's saved state: resume puts back the copy the driver sealed last
+    state = max((study_dir / "tune").glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    state.write_bytes(state.read_bytes()[:100])
+    capsys.readouterr()
 
     driver.resume("killme", storage=str(storage))
+    assert f"tune/{state.name}" in capsys.readouterr().out
 
     rows = read_csv(study_dir / "trials.csv")
     ran = [r for r in rows if r["state"] == "COMPLETE"]
@@ -322,6 +327,83 @@ def test_worker_killed_at_random_epochs_resumes_and_reports_every_epoch_once(ray
     assert summary["status"] == "complete"
     print(f"\nworker killed at epochs {[e for _, e in killed]}: {kills} of {kills} recovered, "
           f"0 epochs lost or reported twice")
+
+
+def start_resume(name: str, storage: Path, address: str) -> subprocess.Popen:
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "tune", "resume", name, "--storage", str(storage),
+                             "--address", address], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def test_driver_killed_repeatedly_at_random_moments_loses_nothing(ray_cluster, tmp_path):
+    """The driver (search, then each resume) is SIGKILLed four times: twice at a random moment,
+    twice the instant a trial's run folder has its summary (the worker finished; Tune has not
+    saved that yet). The last resume completes the study: every trial COMPLETE with the result
+    its run folder reported last, none trained again after it finished, and the journal holds
+    one record per trial."""
+    import random
+
+    trials, epochs = 4, 3
+    path = write_study(tmp_path / "dk.yaml", space={"train.lr": {"float": [0.003, 0.03], "log": True}},
+                       trials=trials, concurrency=2, scheduler={"type": "none"}, max_failures=2,
+                       set={"method": "supervised", "train.epochs": epochs, "data.synthetic_count": 16})
+    storage, name = tmp_path / "studies", "dk"
+    study_dir = storage / name
+    rng = random.Random(0)
+    plan = ["random", "trial end", "random", "trial end"]
+    kills, finished_at_kill, consoles = [], {}, []
+
+    def summaries() -> set[str]:
+        return {p.parent.name for p in (study_dir / "trials").glob("*/summary.json")}
+
+    def worker_starts(tid: str) -> int:
+        return len(read_jsonl_safe(study_dir / "trials" / tid / "worker_starts.jsonl"))
+
+    proc = start_driver(path, storage, ray_cluster)
+    for how in plan:
+        before, t0 = summaries(), time.time()
+        wait = rng.uniform(2.0, 12.0)
+        while proc.poll() is None and time.time() - t0 < 300:
+            if how == "random" and time.time() - t0 >= wait:
+                break
+            if how == "trial end" and summaries() - before:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, proc.stdout.read()[-3000:]  # the study must not have ended yet
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        consoles.append(proc.stdout.read())
+        kills.append(f"{how} at {time.time() - t0:.1f}s")
+        for tid in summaries():
+            finished_at_kill.setdefault(tid, worker_starts(tid))
+        proc = start_resume(name, storage, ray_cluster)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    # Ray leaks a killed driver's Train placement groups (holding CPUs); each start frees them
+    freed = sum(int(line.split("freed ")[1].split()[0]) for c in consoles + [out] for line in c.splitlines()
+                if "left by killed drivers" in line)
+
+    rows = read_csv(study_dir / "trials.csv")
+    rows = [r for r in rows if r["state"] != "ABANDONED"]  # run folders of trials Tune never saved
+    assert len(rows) == trials and {r["state"] for r in rows} == {"COMPLETE"}, rows
+    ot = optuna.load_study(study_name=name, storage=journal(study_dir)).get_trials()
+    assert len(ot) == trials, [(t.number, t.state.name, t.user_attrs) for t in ot]  # one record per trial
+    for t in ot:
+        tid = t.user_attrs["tune_trial_id"]
+        run = study_dir / "trials" / tid
+        reported = read_jsonl_safe(run / "reports.jsonl")
+        assert [r["epoch"] for r in reported] == list(range(1, epochs + 1))
+        assert t.state.name == "COMPLETE" and t.value == pytest.approx(reported[-1]["val_dice"])
+        assert sorted(t.intermediate_values) == list(range(1, epochs + 1))
+        train = [r["epoch"] for r in read_jsonl_safe(run / "metrics.jsonl") if r.get("stage") == "train"]
+        assert train == list(range(epochs))
+        assert json.loads((run / "summary.json").read_text())["status"] == "complete"
+    for tid, starts in finished_at_kill.items():  # finished before a kill: never trained again
+        assert worker_starts(tid) == starts, tid
+    print(f"\ndriver killed {len(kills)} times ({', '.join(kills)}): study complete, {trials} of {trials} "
+          f"trials with their real result, {len(finished_at_kill)} finished before a kill and none re-run, "
+          f"{len(ot)} journal records for {trials} trials, {freed} placement groups of killed drivers freed")
 
 
 def read_jsonl_safe(path: Path) -> list[dict]:

@@ -25,8 +25,8 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from diffseg.config import ConfigError
 from diffseg.data import prepare
 
-from . import report
-from .cluster_checks import alive_nodes, check_storage, check_worker_fits
+from . import report, seal
+from .cluster_checks import alive_nodes, check_storage, check_worker_fits, free_dead_jobs_placement_groups
 from .jobs import storage_for
 from .paths import existing_study_dir, journal, study_dir_for
 from .progress import Progress
@@ -58,17 +58,29 @@ def search(study_file: str, overrides: list[str] | None = None, name: str | None
     return _fit(tuner, study, study_dir)
 
 
-def resume(name: str, storage: str | None = None, address: str | None = None, verbose: bool = False) -> Path:
+def resume(name: str, storage: str | None = None, address: str | None = None, verbose: bool = False,
+           trust: bool = False) -> Path:
     study_dir = existing_study_dir(name, storage_for(storage))
     study = study_from_yaml((study_dir / "study.yaml").read_text())
-    if not ray.tune.Tuner.can_restore(str(study_dir / "tune")):
-        raise ConfigError(f"study '{name}' at {study_dir} has no restorable Tune state "
-                          f"(tune/tuner.pkl missing): it never started a trial")
+    # before anything is unpickled: the state is the one this installation sealed (tune/seal.py)
+    trials_saved = seal.verify(study_dir, trust, say)
     _connect(address, study, verbose, study_dir.parent)
+    if not trials_saved or not ray.tune.Tuner.can_restore(str(study_dir / "tune")):
+        # the driver was killed before Tune first saved its state (it saves a few seconds in):
+        # no Tune trial can have got far, so the study starts over under its name; parameters
+        # Optuna had drawn for it are reused (StudySearch._orphan)
+        say(f"study {name} at {study_dir} was stopped before Tune saved any state: starting its trials")
+        tuner = ray.tune.Tuner(trainable(study, study_dir), tune_config=tune_config(study, study_dir),
+                               run_config=run_config(study, study_dir))
+        return _fit(tuner, study, study_dir)
     say(f"resuming study {name} from {study_dir}: unfinished and errored trials continue, "
         f"finished ones are kept")
-    tuner = ray.tune.Tuner.restore(str(study_dir / "tune"), trainable=trainable(study, study_dir),
-                                   resume_unfinished=True, resume_errored=True)
+    try:
+        tuner = ray.tune.Tuner.restore(str(study_dir / "tune"), trainable=trainable(study, study_dir),
+                                       resume_unfinished=True, resume_errored=True)
+    except Exception as exc:  # sealed, so whole when sealed; read by Ray all the same
+        raise ConfigError(f"study '{name}': Ray could not restore the Tune state in {study_dir / 'tune'} "
+                          f"({type(exc).__name__}: {str(exc)[:300]})") from exc
     return _fit(tuner, study, study_dir)
 
 
@@ -78,6 +90,7 @@ def _fit(tuner, study: Study, study_dir: Path) -> Path:
     except KeyboardInterrupt:
         say(f"interrupted; continue with `python -m tune resume {study.name}`")
         raise
+    seal.seal(study_dir)  # the final state, once Tune's last copy into tune/ is done
     # Tune turns Ctrl-C into a clean return with trials left unfinished: count what really ended
     ot = optuna.load_study(study_name=study.name, storage=journal(study_dir))
     ended = ended_trials(ot)
@@ -146,7 +159,10 @@ def run_config(study: Study, study_dir: Path) -> ray.tune.RunConfig:
     # a failed worker group is restarted inside its TorchTrainer (study.max_failures); a trial
     # whose own process died (its node was lost) is restarted by Tune as often, and resumes
     # from its run folder on the shared storage
-    return ray.tune.RunConfig(name="tune", storage_path=str(study_dir), callbacks=[progress], verbose=0,
+    return ray.tune.RunConfig(name="tune", storage_path=str(study_dir), callbacks=[progress, seal.Seal(study_dir)],
+                              verbose=0,
+                              # every Tune checkpoint is kept (a few bytes each, see trial.to_tune):
+                              # a restored state may name one its dead driver had already replaced
                               failure_config=ray.tune.FailureConfig(max_failures=study.max_failures))
 
 
@@ -161,6 +177,10 @@ def _connect(address: str | None, study: Study, verbose: bool, storage_root: Pat
         # progress lines; it stays in each trial's train.log and Ray's session logs.
         ray.init(address=address, log_to_driver=verbose,
                  logging_level=logging.INFO if verbose else logging.ERROR)
+    freed = free_dead_jobs_placement_groups()
+    if freed:
+        cpus = sum(b.get("CPU", 0) for group in freed for b in group.values())
+        say(f"freed {len(freed)} placement group(s) ({cpus:g} CPUs) left by killed drivers")
     check_worker_fits(study.cpus_per_worker, study.gpus_per_worker, study.workers)
     storage_root.mkdir(parents=True, exist_ok=True)
     check_storage(storage_root)

@@ -11,6 +11,9 @@ DEFAULT_STORAGE = "studies"
 JOURNAL = "optuna.journal"
 STARTS = "trial_starts"  # one JSON file per trial (re)start
 WORKER_STARTS = "worker_starts.jsonl"  # in a trial's run folder: one line per start of its worker group
+# in a trial's run folder: every epoch's report, written before it goes to Tune, so that a trial
+# restarted by a resumed driver can hand Tune the epochs the dead driver took but never saved
+REPORTS = "reports.jsonl"
 
 
 def study_dir_for(name: str, storage: str | None) -> Path:

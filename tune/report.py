@@ -87,13 +87,18 @@ def collect(study: Study, study_dir: Path, study_ot=None, problems: list[str] | 
     for tid in ids:
         run = study_dir / "trials" / tid
         results = readable(read_jsonl, study_dir / "tune" / tid / "result.json", problems, [])
+        # an epoch a resumed driver was handed again (its predecessor took it but died before
+        # saving) appears twice: one row per epoch, the later one
+        results = list({r.get("epoch"): r for r in results}.values())
         last = results[-1] if results else {}
         epochs = [r for r in readable(read_jsonl, run / "metrics.jsonl", problems, []) if r.get("stage") == "train"]
         summary = readable(read_json, run / "summary.json", problems, {})
         stage1 = readable(read_json, run / "stage1.json", problems, {})
         trial = ot.get(tid)
         params = dict(trial.params) if trial is not None else readable(read_json, run / "params.json", problems, {})
-        state = trial.state.name if trial is not None else "UNKNOWN"
+        # a run folder the journal does not name: started by a driver killed before Tune saved
+        # the trial (its parameters then ran again as another trial), unless the journal is damaged
+        state = trial.state.name if trial is not None else ("ABANDONED" if study_ot is not None else "UNKNOWN")
         if trial is None and summary.get("status") == "complete":  # no journal record: the run folder says
             state = "COMPLETE"
         if summary.get("status") == "diverged":  # complete for Optuna (with the worst value), diverged here
@@ -204,6 +209,11 @@ def markdown(study: Study, rows: list[dict], best: dict | None, plots: dict, stu
     if diverged:
         lines += ["Diverged trials (recorded with the worst objective, not retried: the same settings "
                   "diverge again):"] + [f"- {r['trial_id']}: {r['reason']}" for r in diverged] + [""]
+    abandoned = [r for r in rows if r["state"] == "ABANDONED"]
+    if abandoned:
+        lines += ["Abandoned run folders (started by a driver that was killed before Tune saved the "
+                  "trial; its parameters ran again as another trial): "
+                  + ", ".join(r["trial_id"] for r in abandoned), ""]
     if study.second_metric:
         lines += _pareto(study, rows) + [""]
     for title, name in (("Validation Dice per trial over epochs", "curves"),

@@ -20,10 +20,31 @@ class StudySearch(OptunaSearch):
         self._reported: dict[str, set[int]] = {}  # epochs told to Optuna, per trial
 
     def suggest(self, trial_id: str):
+        if trial_id not in self._ot_trials:
+            orphan = self._orphan()
+            if orphan is not None:  # its parameters were drawn already: the new Tune trial runs them
+                self._ot_trials[trial_id] = orphan
         params = super().suggest(trial_id)
         if trial_id in self._ot_trials:  # lets the report join Tune trials to Optuna trials
             self._ot_trials[trial_id].set_user_attr("tune_trial_id", trial_id)
         return params
+
+    def _orphan(self):
+        """An Optuna trial a killed driver asked for after Tune last saved its state: running in
+        the journal, unknown to this (restored) searcher. Reused, so the journal holds one
+        record per trial; None when there is none (always, in a study never interrupted)."""
+        import optuna
+
+        known = {t.number for t in self._ot_trials.values()}
+        for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.number not in known:
+                return optuna.Trial(self._ot_study, t._trial_id)
+        return None
+
+    def _finished_in_journal(self, trial_id: str) -> bool:
+        """Told already by a driver killed before Tune saved the trial as ended."""
+        trial = self._ot_trials[trial_id]
+        return self._ot_study._storage.get_trial(trial._trial_id).state.is_finished()
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if isinstance(self.metric, list) or trial_id in self._completed_trials:
@@ -48,6 +69,10 @@ class StudySearch(OptunaSearch):
         if result and not error and trial_id in self._ot_trials and trial_id not in self._completed_trials \
                 and not isinstance(self.metric, list):
             self._report(trial_id, result)  # the result a scheduler stopped the trial on never reaches on_trial_result
+        if trial_id in self._ot_trials and trial_id not in self._completed_trials \
+                and self._finished_in_journal(trial_id):
+            self._completed_trials.add(trial_id)
+            return
         if stopped_early and trial_id not in self._completed_trials:
             self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
             self._completed_trials.add(trial_id)

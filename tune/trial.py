@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import queue as queue_mod
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -24,9 +25,9 @@ from ray.util.queue import Empty, Queue
 
 from diffseg import config as config_mod
 
-from .paths import STARTS
+from .paths import REPORTS, STARTS
 from .study import Study
-from .worker import ACK_FILE, STOP, train_loop
+from .worker import ACK_FILE, STOP, acked, train_loop
 
 
 class ForwardReports(UserCallback):
@@ -52,6 +53,17 @@ def run_config(cfg, name: str, params: dict, study: Study, study_dir: Path) -> N
     run_dir.mkdir(parents=True, exist_ok=True)
     record_start(study_dir, name, params)
     (run_dir / "params.json").write_text(json.dumps(params, indent=1))
+    # Tune's saved state may lag what the last driver took (it saves every few seconds): the
+    # worker's acknowledgements restart from what Tune holds, and the epochs in between are
+    # handed to Tune again from the run folder, a finished run's last one included
+    acknowledge(run_dir, held_by_tune())
+    try:
+        last = replay(run_dir)
+    except BaseException:
+        acknowledge(run_dir, STOP)
+        raise
+    if last is not None and finished(run_dir, last, cfg):
+        return  # it ended while the driver was away: its real result is now Tune's
     reports = Queue(actor_options={"num_cpus": 0})
     trainer = torch_trainer(study, cfg, run_dir, study_dir, name, reports=reports)
     outcome: dict = {}
@@ -70,7 +82,7 @@ def run_config(cfg, name: str, params: dict, study: Study, study_dir: Path) -> N
         except (Empty, queue_mod.Empty):
             continue
         try:
-            ray.tune.report(metrics)  # returns only if Tune lets the trial go on
+            to_tune(metrics)  # returns only if Tune lets the trial go on
         except BaseException:  # Tune stopped the trial (a scheduler's decision) or the driver is going
             acknowledge(run_dir, STOP)  # the worker ends now rather than wait, and frees its resources
             raise
@@ -78,6 +90,48 @@ def run_config(cfg, name: str, params: dict, study: Study, study_dir: Path) -> N
     thread.join()
     if "error" in outcome:
         raise outcome["error"]
+
+
+CHECKPOINT_FILE = "epoch.json"
+
+
+def to_tune(metrics: dict) -> None:
+    """``ray.tune.report`` with a checkpoint holding only the epoch: Tune saves the checkpoint
+    with the trial's state, so a restarted trial learns which epochs Tune holds (held_by_tune).
+    The model's checkpoints stay in the run folder."""
+    with tempfile.TemporaryDirectory(prefix="dsck") as folder:
+        (Path(folder) / CHECKPOINT_FILE).write_text(json.dumps({"epoch": int(metrics["epoch"])}))
+        ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(folder))
+
+
+def held_by_tune() -> int:
+    """The last epoch in Tune's saved state of this trial (-1: none)."""
+    checkpoint = ray.tune.get_checkpoint()
+    if checkpoint is None:
+        return -1
+    with checkpoint.as_directory() as folder:
+        return int(json.loads((Path(folder) / CHECKPOINT_FILE).read_text())["epoch"])
+
+
+def replay(run_dir: Path) -> dict | None:
+    """Hands Tune, in order, the run folder's reports of epochs after the one Tune holds; returns
+    the last report of the run folder (None: nothing reported yet)."""
+    from diffseg.rundir import read_jsonl
+
+    reports = read_jsonl(run_dir / REPORTS)
+    held = acked(run_dir / ACK_FILE)
+    for metrics in reports:
+        if int(metrics["epoch"]) > held:
+            to_tune(metrics)
+            acknowledge(run_dir, int(metrics["epoch"]))
+    return reports[-1] if reports else None
+
+
+def finished(run_dir: Path, last: dict, cfg) -> bool:
+    """The run ended (its summary exists) and its last report, the final epoch or the
+    divergence, is in the run folder: nothing is left to train."""
+    return (run_dir / "summary.json").exists() and (bool(last.get("diverged"))
+                                                     or int(last["epoch"]) >= cfg.train.epochs)
 
 
 def record_start(study_dir: Path, trial_id: str, params: dict) -> None:

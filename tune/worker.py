@@ -17,12 +17,13 @@ import torch
 import torch.distributed as dist
 
 from diffseg import config as config_mod
+from diffseg import durable
 from diffseg.errors import Diverged
 from diffseg.loop import fit
 from diffseg.methods import method_class
 from diffseg.runtime import Runtime
 
-from .paths import WORKER_STARTS
+from .paths import REPORTS, WORKER_STARTS
 from .stage1 import SharedTeacher, decide
 
 ACK_FILE = "tune_ack"  # the last epoch Tune has taken (written by the trial function)
@@ -44,7 +45,7 @@ def train_loop(loop_cfg: dict) -> None:
     if ack is not None and rank == 0 and ack.exists() and ack.read_text().strip() == STOP:
         ack.unlink()  # a stop meant for an earlier attempt of this trial
     runtime = Runtime(device=_device(), rank=rank, world_size=world, amp=loop_cfg.get("amp", True),
-                      report=_reporter(rank, ack, log), data_root=loop_cfg["data_root"],
+                      report=_reporter(rank, ack, log, run_dir), data_root=loop_cfg["data_root"],
                       cache_dir=loop_cfg["cache_dir"])
     log(f"ray train worker rank {rank} of {world} on {runtime.device}, {torch.get_num_threads()} torch threads")
     _record_nodes(run_dir, runtime)
@@ -109,16 +110,18 @@ def _record_nodes(run_dir: Path, runtime: Runtime) -> None:
             fh.write(json.dumps({"time": time.time(), "ranks": everyone}) + "\n")
 
 
-def _reporter(rank: int, ack: Path | None, log):
+def _reporter(rank: int, ack: Path | None, log, run_dir: Path):
     def report(metrics: dict, checkpoint_dir: Path | None) -> None:
         # an epoch Tune has already taken is not sent again: a resumed attempt re-sends the epoch
         # it restored, which a kill may have stopped before its report (every rank decides alike)
         if ack is not None:
-            taken = [_acked(ack) if rank == 0 else -1]
+            taken = [acked(ack) if rank == 0 else -1]
             if dist.is_initialized():
                 dist.broadcast_object_list(taken, src=0)
             if taken[0] >= int(metrics["epoch"]):
                 return
+        if rank == 0 and ack is not None:
+            record_report(run_dir, metrics)
         # a barrier: every rank reports each epoch. No checkpoint goes to Ray: the run folder on
         # the study's shared storage holds the only copy, written once per epoch, and a restarted
         # worker group resumes from it
@@ -135,7 +138,24 @@ def _reporter(rank: int, ack: Path | None, log):
     return report
 
 
-def _acked(ack: Path) -> int:
+def record_report(run_dir: Path, metrics: dict) -> None:
+    """Appends an epoch's report to the run folder's ``reports.jsonl`` (once per epoch), durably,
+    before it is sent: what a resumed trial replays to Tune (see trial.replay)."""
+    from diffseg.rundir import read_jsonl
+
+    path = run_dir / REPORTS
+    done = read_jsonl(path)
+    if any(r.get("epoch") == metrics["epoch"] for r in done):
+        return
+    if path.exists() and not path.read_bytes().endswith(b"\n"):  # a torn append: rewrite without it
+        durable.write_text(path, "".join(json.dumps(r) + "\n" for r in done))
+    with open(path, "a") as fh:
+        fh.write(json.dumps(metrics, default=float) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def acked(ack: Path) -> int:
     """The last epoch Tune has taken (-1: none yet, or the trial was stopped)."""
     try:
         return int(ack.read_text().strip() or -1)
