@@ -4,6 +4,7 @@ refused, interrupted writes leave nothing behind, and a diverged run is a record
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -103,3 +104,86 @@ def test_silent_corruption_inside_the_data_cache_is_named(tiny_cfg, tmp_path):
         ds[0]
     with open_cache(data.cache_path) as fh, pytest.raises(DataError, match="orig_masks"):
         original(fh, "orig_masks", 0)
+
+
+# ---------------------------------------------------------------- Tune state: the seal of resume
+def _tune_state(study_dir: Path) -> dict[str, bytes]:
+    import pickle
+
+    tune_dir = study_dir / "tune"
+    tune_dir.mkdir(parents=True)
+    files = {"tuner.pkl": pickle.dumps({"trainable": "run_trial", "n": list(range(50))}),
+             "searcher-state-1.pkl": pickle.dumps({"trials": {"a": 1}}),
+             "experiment_state-1.json": json.dumps({"trial_data": [1, 2, 3]}).encode(),
+             "search_gen_state-1.json": pickle.dumps({"counter": 3})}  # Tune's: a pickle named .json
+    for name, data in files.items():
+        (tune_dir / name).write_bytes(data)
+    return files
+
+
+def test_sealed_tune_state_resumes_and_a_changed_one_is_put_back(tmp_path, monkeypatch):
+    from tune import seal
+
+    monkeypatch.setenv("DIFFSEG_STUDY_KEY", str(tmp_path / "key"))
+    study = tmp_path / "study"
+    files = _tune_state(study)
+    assert seal.seal(study)
+    assert (tmp_path / "key").stat().st_mode & 0o777 == 0o600
+    said = []
+    seal.verify(study, say=said.append)
+    assert said == []  # as sealed: nothing to say
+    # damaged (truncated by a crash) and one file planted: the sealed state comes back
+    (study / "tune" / "tuner.pkl").write_bytes(files["tuner.pkl"][:20])
+    (study / "tune" / "evil.pkl").write_bytes(b"cos\nsystem\n(S'true'\ntR.")
+    seal.verify(study, say=said.append)
+    assert "tune/evil.pkl" in said[0] and "tune/tuner.pkl" in said[0] and "sealed copy" in said[0]
+    assert (study / "tune" / "tuner.pkl").read_bytes() == files["tuner.pkl"]
+    assert not (study / "tune" / "evil.pkl").exists()
+
+
+def test_unsealed_or_foreign_tune_state_is_refused_unless_trusted(tmp_path, monkeypatch):
+    from tune import seal
+
+    monkeypatch.setenv("DIFFSEG_STUDY_KEY", str(tmp_path / "key"))
+    study = tmp_path / "study"
+    _tune_state(study)
+    with pytest.raises(ConfigError, match=r"no seal.*--trust"):
+        seal.verify(study)
+    said = []
+    seal.verify(study, trust=True, say=said.append)
+    assert "--trust" in said[0]
+    seal.verify(study)  # sealed by the trusted resume
+    monkeypatch.setenv("DIFFSEG_STUDY_KEY", str(tmp_path / "other-key"))  # another installation
+    with pytest.raises(ConfigError, match=r"does not verify with this installation's key.*other-key"):
+        seal.verify(study)
+
+
+def test_a_half_copied_state_file_is_not_sealed_and_the_staging_save_wins(tmp_path, monkeypatch):
+    from tune import seal
+
+    monkeypatch.setenv("DIFFSEG_STUDY_KEY", str(tmp_path / "key"))
+    study = tmp_path / "study"
+    files = _tune_state(study)
+    for name in ("searcher-state-1.pkl", "experiment_state-1.json", "search_gen_state-1.json"):
+        (study / "tune" / name).write_bytes(files[name][:-1])  # being copied in: not whole
+    assert seal.seal(study)
+    assert sorted(seal.read_seal(study)) == ["tuner.pkl"]
+    # Tune's staging folder holds the whole save: sealed over the half-copied files
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    for name in ("searcher-state-1.pkl", "experiment_state-1.json", "search_gen_state-1.json"):
+        (staging / name).write_bytes(files[name])
+    assert seal.seal(study, staging) and len(seal.read_seal(study)) == 4
+    said = []
+    assert seal.verify(study, say=said.append)  # the half copies are put back whole
+    assert all((study / "tune" / n).read_bytes() == data for n, data in files.items()), said
+
+
+def test_a_study_killed_before_tune_saved_its_trials_starts_anew_without_unpickling(tmp_path, monkeypatch):
+    from tune import seal
+
+    monkeypatch.setenv("DIFFSEG_STUDY_KEY", str(tmp_path / "key"))
+    study = tmp_path / "study"
+    (study / "tune").mkdir(parents=True)
+    (study / "tune" / "tuner.pkl").write_bytes(b"not even a pickle")  # never read
+    assert seal.verify(study) is False

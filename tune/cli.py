@@ -30,6 +30,9 @@ def parser() -> argparse.ArgumentParser:
     j.add_argument("--no-wait", action="store_true", help="print the job id and return; do not follow the logs")
     r = sub.add_parser("resume", help="continue an interrupted study; finished trials are kept")
     r.add_argument("name")
+    r.add_argument("--trust", action="store_true",
+                   help="resume a study whose Tune state this installation did not seal (it is unpickled: "
+                        "only for folders whose origin you know)")
     _where(r)
     rep = sub.add_parser("report", help="write trials.csv, best.yaml, report.md and plots (no Ray needed)")
     rep.add_argument("name")
@@ -75,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             driver.search(args.study, args.overrides, args.name, args.storage, args.address, args.verbose,
                           args.data_root, args.cache_dir)
         else:
-            driver.resume(args.name, args.storage, args.address, args.verbose)
+            driver.resume(args.name, args.storage, args.address, args.verbose, trust=args.trust)
         return 0
     except DiffsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
