@@ -27,7 +27,7 @@ from diffseg import config as config_mod
 
 from .paths import REPORTS, STARTS
 from .study import Study
-from .worker import ACK_FILE, STOP, acked, train_loop
+from .worker import ACK_FILE, STOP, train_loop
 
 
 class ForwardReports(UserCallback):
@@ -56,9 +56,10 @@ def run_config(cfg, name: str, params: dict, study: Study, study_dir: Path) -> N
     # Tune's saved state may lag what the last driver took (it saves every few seconds): the
     # worker's acknowledgements restart from what Tune holds, and the epochs in between are
     # handed to Tune again from the run folder, a finished run's last one included
-    acknowledge(run_dir, held_by_tune())
+    held = held_by_tune()
+    acknowledge(run_dir, held)
     try:
-        last = replay(run_dir)
+        last = replay(run_dir, held)
     except BaseException:
         acknowledge(run_dir, STOP)
         raise
@@ -113,13 +114,12 @@ def held_by_tune() -> int:
         return int(json.loads((Path(folder) / CHECKPOINT_FILE).read_text())["epoch"])
 
 
-def replay(run_dir: Path) -> dict | None:
-    """Hands Tune, in order, the run folder's reports of epochs after the one Tune holds; returns
-    the last report of the run folder (None: nothing reported yet)."""
+def replay(run_dir: Path, held: int) -> dict | None:
+    """Hands Tune, in order, the run folder's reports of epochs after ``held``, the last one Tune
+    holds; returns the last report of the run folder (None: nothing reported yet)."""
     from diffseg.rundir import read_jsonl
 
     reports = read_jsonl(run_dir / REPORTS)
-    held = acked(run_dir / ACK_FILE)
     for metrics in reports:
         if int(metrics["epoch"]) > held:
             to_tune(metrics)

@@ -115,7 +115,7 @@ def _reporter(rank: int, ack: Path | None, log, run_dir: Path):
         # an epoch Tune has already taken is not sent again: a resumed attempt re-sends the epoch
         # it restored, which a kill may have stopped before its report (every rank decides alike)
         if ack is not None:
-            taken = [acked(ack) if rank == 0 else -1]
+            taken = [_acked(ack) if rank == 0 else -1]
             if dist.is_initialized():
                 dist.broadcast_object_list(taken, src=0)
             if taken[0] >= int(metrics["epoch"]):
@@ -155,7 +155,7 @@ def record_report(run_dir: Path, metrics: dict) -> None:
         os.fsync(fh.fileno())
 
 
-def acked(ack: Path) -> int:
+def _acked(ack: Path) -> int:
     """The last epoch Tune has taken (-1: none yet, or the trial was stopped)."""
     try:
         return int(ack.read_text().strip() or -1)
