@@ -55,7 +55,7 @@ def mac(data: bytes, secret: bytes) -> str:
     return hmac.new(secret, data, hashlib.sha256).hexdigest()
 
 
-def complete(name: str, data: bytes) -> bool:
+def complete(data: bytes) -> bool:
     """Whether a state file is whole: Tune copies its state into ``tune/`` in a background
     thread, so a step can end while a file is half copied. A pickle (Tune names one of them
     ``.json``) must have opcodes, read and never executed, that end in STOP at its last byte;
@@ -104,7 +104,7 @@ def seal(study_dir: Path, staging: Path | None = None, secret: bytes | None = No
                 data = path.read_bytes()
             except FileNotFoundError:  # replaced while read
                 continue
-            if complete(name, data):
+            if complete(data):
                 files[name] = data
     if not files:
         return False
