@@ -36,5 +36,7 @@ benchmark: $(STAMP)
 benchmark-smoke: $(STAMP)
 	$(PY) -m experiments.benchmark smoke
 
+# build outputs only: run folders (runs/, studies/, benchmarks/) are results and stay
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf .pytest_cache build *.egg-info
+	find . -name __pycache__ -not -path "./.venv/*" -prune -exec rm -rf {} +

@@ -12,7 +12,6 @@ import psutil
 import torch
 
 from . import config as config_mod
-from .infer import scores
 from .loop import train_step
 from .methods import METHODS, Stage, Step, build_method
 from .runtime import local
@@ -93,25 +92,31 @@ def run_bench(cfg, steps: int = 5, warmup: int = 1, runtime=None, log=print) -> 
         _, one = stepper(c, METHODS[name].stages[-1])
         record(f"train step {name}", one, method=name)
     paper = config_mod.apply_overrides(cfg, {"method": "diffusion_cps"})
-    teacher, stage1 = stepper(paper, METHODS["diffusion_cps"].stages[0])
-    record("diffusion_cps stage1 step", stage1, method="diffusion_cps", stage="pretrain")
+    first_stage = METHODS["diffusion_cps"].stages[0]
+    _, stage1 = stepper(paper, first_stage)
+    record("diffusion_cps stage1 step", stage1, method="diffusion_cps", stage=first_stage.name)
+    settings = paper.diffusion_cps
     for mode in ("independent", "chained"):
-        for rounds in sorted({1, 3, cfg.rounds}):
-            c = config_mod.apply_overrides(paper, {"rounds": rounds, "round_mode": mode})
+        for rounds in sorted({1, 3, settings.rounds}):
+            c = config_mod.apply_overrides(paper, {"diffusion_cps.rounds": rounds, "diffusion_cps.round_mode": mode})
             _, one = stepper(c, METHODS["diffusion_cps"].stages[-1])
             record(f"diffusion_cps R={rounds} {mode}", one, method="diffusion_cps", rounds=rounds, round_mode=mode)
     base = next(r["steps_per_s"] for r in rows if r["name"] == "train step supervised")
     for r in rows:
         if r["name"].startswith("train step"):
             r["relative_cost"] = round(base / r["steps_per_s"], 2)
-    teacher.train_mode(False)
     for sample_steps in (1, 5, 10):
-        c = config_mod.apply_overrides(paper, {"diffusion.sample_steps": min(sample_steps, cfg.diffusion.steps)})
+        c = config_mod.apply_overrides(paper, {
+            "diffusion_cps.diffusion.sample_steps": min(sample_steps, settings.diffusion.steps)})
+        torch.manual_seed(c.seed)
+        method = build_method(c, 3, rt.prepare_model)
+        method.train_mode(False)
+        first = method.predict(method.predictors[0])  # the paper's first predictor: its diffusion segmenter
 
         @torch.no_grad()
-        def predict(c=c):
+        def predict(first=first):
             with rt.autocast():
-                scores(teacher.networks["teacher"], x, teacher.diffusion, c.diffusion)
+                first(x)
 
         record(f"predict sample_steps={sample_steps}", predict, sample_steps=sample_steps)
     hardware = {"device": str(rt.device), "cpu": platform.processor() or platform.machine(),

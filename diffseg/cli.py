@@ -15,7 +15,7 @@ def _common(p: argparse.ArgumentParser, config_default: str | None, required: bo
                    required=config_default is None if required is None else required,
                    help="YAML file or shipped config name (debug, debug3d, glas, ph2, drive, hmeps, la)")
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="dotted overrides, e.g. --set method=cps loss.cps=0.5 data.labeled_ratio=0.1")
+                   help="dotted overrides, e.g. --set method=cps cps.consistency=0.5 data.labeled_ratio=0.1")
     _where(p)
 
 
@@ -57,17 +57,16 @@ def cmd_train(args, extra=None) -> None:
 
 
 def cmd_debug(args) -> None:
-    from .data.sources import VOLUME_DATASETS
+    from .data import dims
 
     if args.config is None:  # the tiny run's own settings: volumes need smaller networks and patches
-        args.config = "debug3d" if args.dataset in VOLUME_DATASETS else "debug"
+        args.config = "debug3d" if args.dataset and dims(args.dataset) == 3 else "debug"
     cmd_train(args, {"data.dataset": args.dataset} if args.dataset else {})
 
 
 def cmd_eval(args) -> None:
     from .data import Splits, prepare
-    from .evaluate import collect, score
-    from .infer import load_kept
+    from .kept import load_kept, score_kept
 
     run_dir = Path(args.run_dir)
     rt = _runtime(args)
@@ -75,9 +74,7 @@ def cmd_eval(args) -> None:
     cfg = kept.cfg
     data = prepare(cfg.data, Splits.load(run_dir / "splits.json"), root=rt.data_root, cache_dir=rt.cache_dir)
     truth = data.truth(args.split, args.resolution or cfg.eval.resolution)
-    probs = truth.resize(collect(kept.net, data.dataset(args.split), kept.diffusion, cfg.diffusion, rt, cfg.seed,
-                                 overlap=cfg.eval.overlap))
-    result = score(probs, truth.gts, truth.fovs, kept.threshold, truth.spacings) | truth.trivial()
+    result = score_kept(kept, data, args.split, rt, truth)
     result |= {"method": cfg.method, "predictor": kept.predictor, "split": args.split,
                "resolution": truth.resolution}
     print(json.dumps(result, indent=1))

@@ -1,4 +1,5 @@
-"""The two-pathway diffusion segmenter and its U-Net, in 2D (images) or 3D (volumes).
+"""The U-Net every method builds on, in 2D (images) or 3D (volumes), and the factory of
+``model.arch``.
 
 One module serves both: ``dims`` picks the convolution, normalisation and pooling; 3D upsamples
 with a transposed convolution (METHOD.md's 3D variant), 2D bilinearly."""
@@ -10,6 +11,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .blocks import CONV, conv_block
+
 
 def timestep_embedding(t: torch.Tensor, dim: int = 64) -> torch.Tensor:
     half = dim // 2
@@ -18,19 +21,8 @@ def timestep_embedding(t: torch.Tensor, dim: int = 64) -> torch.Tensor:
     return torch.cat([args.sin(), args.cos()], dim=1)
 
 
-CONV = {2: nn.Conv2d, 3: nn.Conv3d}
-NORM = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 POOL = {2: F.max_pool2d, 3: F.max_pool3d}
 UP_MODE = {2: "bilinear", 3: "trilinear"}
-
-
-def conv_block(cin: int, cout: int, act: type[nn.Module], dropout: float = 0.0, dims: int = 2) -> nn.Sequential:
-    conv, norm = CONV[dims], NORM[dims]
-    layers = [conv(cin, cout, 3, padding=1), norm(cout), act()]
-    if dropout > 0:
-        layers.append(nn.Dropout(dropout))
-    layers += [conv(cout, cout, 3, padding=1), norm(cout), act()]
-    return nn.Sequential(*layers)
 
 
 def resize_to(h: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -95,39 +87,12 @@ class UNet(nn.Module):
         return self.out(h)
 
 
-class MaskPathway(nn.Module):
-    """M(y_t, x, t) -> y0_hat: the noisy mask and the image in, the clean mask out."""
+def build_segmenter(model_cfg, channels: int, dims: int, classes: int = 2) -> nn.Module:
+    """The network of ``model.arch``: the U-Net (no time input) at the configured width and
+    depth, so every method compares at equal width; or the U-Net on a timm encoder (2D)."""
+    m = model_cfg
+    if m.arch == "unet":
+        return UNet(channels, classes, m.width, m.depth, m.dropout, time_embedding=False, dims=dims)
+    from .timm_unet import TimmUNet  # timm is imported only when asked for
 
-    def __init__(self, channels: int, classes: int, width: int, depth: int, dropout: bool, dims: int = 2):
-        super().__init__()
-        self.net = UNet(classes + channels, classes, width, depth, dropout, dims=dims)
-
-    def forward(self, y_t, x, t):
-        return self.net(torch.cat([y_t, x], dim=1), t)
-
-
-class ImagePathway(nn.Module):
-    """I(x_t, m, t) -> eps_hat: the noisy image and a mask in, the noise out."""
-
-    def __init__(self, channels: int, classes: int, width: int, depth: int, dropout: bool, dims: int = 2):
-        super().__init__()
-        self.net = UNet(channels + classes, channels, width, depth, dropout, dims=dims)
-
-    def forward(self, x_t, m, t):
-        return self.net(torch.cat([x_t, m], dim=1), t)
-
-
-class DiffusionSegmenter(nn.Module):
-    """The teacher: both pathways. A student twin uses only its mask pathway."""
-
-    def __init__(self, channels: int = 3, classes: int = 2, width: int = 64, depth: int = 4,
-                 dropout: bool = True, image_pathway: bool = True, dims: int = 2):
-        super().__init__()
-        self.classes, self.dims = classes, dims
-        self.mask = MaskPathway(channels, classes, width, depth, dropout, dims)
-        self.image = ImagePathway(channels, classes, width, depth, dropout, dims) if image_pathway else None
-
-
-def scores_from_x0(y0: torch.Tensor) -> torch.Tensor:
-    """Mask x0 estimate in [-1, 1] scale -> class scores in [0, 1] scale (softmax logits)."""
-    return (y0 + 1) / 2
+    return TimmUNet(m.timm_encoder, channels, classes, m.timm_weights)

@@ -16,22 +16,21 @@ from .data.cache import network_shape, resize
 from .data.sources import IMAGE_EXTS, read_image
 from .errors import DataError
 from .data.torchdata import normalise
-from .evaluate import slide, upsample
-from .infer import load_kept
+from .data.truth import upsample
+from .evaluate import slide
+from .kept import load_kept
 from .runtime import local
 
 
 @torch.no_grad()
 def predict_folder(run_dir, input_dir, output_dir, probabilities: bool = False, device: str = "auto",
                    log=print) -> list[Path]:
-    from .students import spatial_dims
-
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not input_dir.is_dir():
         raise DataError(f"input folder not found: {input_dir}")
     rt = local(device)
     kept = load_kept(run_dir, rt.device)
-    if spatial_dims(kept.cfg) == 3:
+    if kept.dims == 3:
         return predict_volumes(kept, rt, input_dir, output_dir, probabilities, log)
     files = sorted(p for p in input_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS)
     if not files:
@@ -48,7 +47,7 @@ def predict_folder(run_dir, input_dir, output_dir, probabilities: bool = False, 
         x = torch.from_numpy(small.astype(np.float32)).permute(2, 0, 1)[None] / 255.0
         x = normalise(x, kept.mean, kept.std).to(rt.device)
         with rt.autocast():
-            probs = (slide(lambda t: kept.scores(t, gen).float().softmax(1), x, size, kept.cfg.eval.overlap)
+            probs = (slide(lambda t: kept.scores(t, gen).float().softmax(1), x, (size, size), kept.cfg.eval.overlap)
                      if scale > 0 else kept.scores(x, gen).float().softmax(1))
         prob = upsample(probs[0, 1].float().cpu().numpy(), (h, w))
         out = output_dir / f"{path.stem}.png"
@@ -85,7 +84,7 @@ def volume_files(input_dir: Path) -> list[tuple[str, Path]]:
 def read_input_volume(path: Path, default_spacing) -> tuple[np.ndarray, tuple[float, ...]]:
     """A volume to predict, z-scored as training volumes are, with its spacing (its own, or for
     HDF5, which carries none, the run's data.spacing or the dataset's default)."""
-    from .data.sources import read_volume
+    from .data.la import read_volume
 
     if path.suffix.lower() == ".h5":
         import h5py
@@ -116,8 +115,7 @@ def write_nifti(array: np.ndarray, spacing, path: Path) -> None:
 
 
 def predict_volumes(kept, rt, input_dir: Path, output_dir: Path, probabilities: bool, log) -> list[Path]:
-    from .data.sources import LA_SPACING
-    from .evaluate import slide
+    from .data.la import LA_SPACING
 
     files = volume_files(input_dir)
     if not files:

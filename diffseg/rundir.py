@@ -112,12 +112,13 @@ class RunDir:
     def records(self) -> list[dict]:
         return read_jsonl(self.path / "metrics.jsonl")
 
-    def truncate_log(self, stage: str, epoch: int) -> None:
-        """On resume drop records the checkpoint does not cover (written after it by a killed run)."""
-        # stages run in this order; "done": every epoch is kept, the final record is written again
-        order = {"pretrain": 0, "train": 1, "done": 2, "final": 2}
+    def truncate_log(self, stages: list[str], stage: str, epoch: int) -> None:
+        """On resume drop records the checkpoint does not cover (written after it by a killed run).
+        ``stages``: the method's stage names in the order they run."""
+        # "done": every epoch is kept, the final record is written again
+        order = {name: i for i, name in enumerate(stages)} | {"done": len(stages), "final": len(stages)}
         keep = [r for r in self.records()
-                if (order.get(r.get("stage"), 3), r.get("epoch", 0)) < (order[stage], epoch)]
+                if (order.get(r.get("stage"), len(stages) + 1), r.get("epoch", 0)) < (order[stage], epoch)]
         # rewritten whole: this also repairs a torn last line left by a kill mid-write
         durable.write_text(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in keep))
 

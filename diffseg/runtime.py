@@ -1,16 +1,15 @@
-"""The seam between the core and whatever runs it (in-process now, Ray Train workers later).
+"""The seam between the core and whatever runs it (in-process, or a Ray Train worker).
 
 Everything that differs between a laptop run and a distributed worker comes in through this one
 object: the device, rank and world size, data sharding, gradient averaging and reporting.
 Gradients are averaged explicitly instead of wrapping models in DistributedDataParallel because
-the teacher's two pathways are used in different combinations and several times per step,
+a network may be used in parts, in different combinations and several times per step,
 which DDP's module wrapper handles poorly (unused parameters, repeated forwards).
 """
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -47,7 +46,8 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     amp: bool = True
-    report: Callable[[dict, Path | None], None] = field(default=lambda metrics, checkpoint: None)
+    # an epoch's metrics to whoever watches; may repeat an epoch (see diffseg.loop): drop duplicates
+    report: Callable[[dict], None] = field(default=lambda metrics: None)
     num_workers: int = 0  # data loader worker processes
     # where the data and the preprocessing cache are on this machine; empty: $DIFFSEG_DATA /
     # $DIFFSEG_CACHE, else the defaults (see diffseg.data)
@@ -64,7 +64,9 @@ class Runtime:
 
     @property
     def mixed_precision(self) -> bool:
-        return self.amp and self.device.type == "cuda"
+        """bf16 autocast on CUDA GPUs that have it. Never fp16: its gradients under- and overflow
+        without a loss scaler, so older GPUs run in full precision."""
+        return self.amp and self.device.type == "cuda" and torch.cuda.is_bf16_supported()
 
     def numerics(self) -> dict:
         """What of the runtime changes the numbers a run computes (part of a stage-1 key)."""
@@ -73,8 +75,7 @@ class Runtime:
     # -- mixed precision: bf16 where supported, never on CPU
     def autocast(self):
         if self.mixed_precision:
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            return torch.autocast("cuda", dtype=dtype)
+            return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def prepare_model(self, model: nn.Module) -> nn.Module:

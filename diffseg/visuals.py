@@ -11,7 +11,7 @@ from .losses import hard
 @torch.no_grad()
 def log_images(writer, method, data, dataset, epoch: int, device: torch.device, n: int = 4) -> None:
     """One row per image: the image, its ground truth, then every mask ``method.snapshot`` names
-    (teacher, rounds, student for the paper's method; each predictor for the baselines)."""
+    (by default each predictor; the paper's method adds its pseudo-label rounds)."""
     items = [dataset[i] for i in range(min(n, len(dataset)))]
     if not items:
         return
@@ -23,11 +23,8 @@ def log_images(writer, method, data, dataset, epoch: int, device: torch.device, 
     common = [min(it["mask"].shape[a] for it in items) for a in range(items[0]["mask"].dim())]
     x = torch.stack([it["image"][(slice(None), *(slice(0, c) for c in common))] for it in items]).to(device)
     gt = torch.stack([it["mask"][tuple(slice(0, c) for c in common)] for it in items]).float()
-    modes = {k: net.training for k, net in method.networks.items()}
-    method.train_mode(False)
-    masks = method.snapshot(x)
-    for k, net in method.networks.items():
-        net.train(modes[k])
+    with method.evaluating():
+        masks = method.snapshot(x)
     if volumes:
         mid = x.shape[-1] // 2
         x, gt, masks = x[..., mid], gt[..., mid], {k: v[..., mid] for k, v in masks.items()}

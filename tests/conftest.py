@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from diffseg import config
+from factories import tiny
 from diffseg.data.sources import data_root
 
 
@@ -29,12 +29,8 @@ def shared_data() -> Path:
 
 @pytest.fixture
 def tiny_cfg():
-    """Fast enough for unit tests: 32x32 synthetic images, width 4."""
-    return config.load("debug", {"data.size": 32, "data.synthetic_count": 16, "model.width": 4,
-                                 "model.depth": 2, "pretrain.epochs": 1, "train.epochs": 2,
-                                 "train.iters_per_epoch": 2, "pretrain.iters_per_epoch": 2,
-                                 "train.batch_size": 4, "pretrain.batch_size": 4, "diffusion.steps": 50,
-                                 "diffusion.start_t": -1, "rounds": 2})
+    """Fast enough for unit tests: 32x32 synthetic images, width 4 (tests/factories.py)."""
+    return tiny()
 
 
 @pytest.fixture(scope="session")

@@ -44,7 +44,7 @@ def attempt(argv: list[str], capsys, expect: str) -> str:
 CONFIG_CASES = [
     ("train.lr=.nan", "train.lr.*finite"),
     ("train.lr=.inf", "train.lr.*finite"),
-    ("loss.cps=-.inf", "loss.cps.*finite"),
+    ("diffusion_cps.loss.cps=-.inf", "diffusion_cps.loss.cps.*finite"),
     ("data.spacing=[1,.nan,1]", "data.spacing.*finite"),
     ("train.lr=0", "train.lr.*> 0"),
     ("data.val_ratio=0", "data.val_ratio.*empty validation"),
@@ -57,8 +57,9 @@ CONFIG_CASES = [
     ("data.size=50", "data.size.*divisible"),
     ("method=unet", "method"),
     ("data.labeled_ratio=-0.1", "data.labeled_ratio"),
-    ("diffusion.start_t=5000", "diffusion.start_t"),
-    ("rounds=two", "rounds.*int"),
+    ("diffusion_cps.diffusion.start_t=5000", "diffusion_cps.diffusion.start_t"),
+    ("diffusion_cps.rounds=two", "diffusion_cps.rounds.*int"),
+    ("rounds=2", "rounds.*no longer a config key.*diffusion_cps.rounds"),
     ("no.such.key=1", "unknown config key"),
     ("device=cpu", "--device"),  # moved to the command line
 ]
@@ -165,9 +166,9 @@ def test_hidden_files_mixed_channels_and_16_bit_are_accepted_correctly(tmp_path)
 
 STUDY_CASES = [
     ({"data.size": {"choice": [32, 96]}, "model.depth": {"int": [2, 6]}}, "combination.*data.size"),
-    ({"rounds": {"int": [1, 2]}, "round_mode": {"choice": ["chained"], "when": {"rounds": {"min": 3}}}},
+    ({"diffusion_cps.rounds": {"int": [1, 2]}, "diffusion_cps.round_mode": {"choice": ["chained"], "when": {"diffusion_cps.rounds": {"min": 3}}}},
      "can never hold"),
-    ({"rounds": {"choice": [1, 2]}, "loss.rec": {"float": [0.1, 1.0], "when": {"rounds": [5]}}}, "can never hold"),
+    ({"diffusion_cps.rounds": {"choice": [1, 2]}, "diffusion_cps.loss.rec": {"float": [0.1, 1.0], "when": {"diffusion_cps.rounds": [5]}}}, "can never hold"),
     ({"data.dataset": {"choice": ["synthetic", "nosuch"]}}, "data.dataset.*nosuch"),
     ({"train.lr": {"float": [0.001, 0.01]}, "method": {"choice": ["supervised", "unet"]}}, "method.*unet"),
 ]
@@ -194,13 +195,13 @@ def test_objective_no_trial_reports_is_refused(tmp_path):
 
     for metric in ("val_dicee", "val_dice_ema", "dice"):  # ema is Mean Teacher's, not the paper method's
         path = tmp_path / "s.yaml"
-        path.write_text(yaml.safe_dump({"base": "debug", "space": {"rounds": {"int": [1, 2]}},
+        path.write_text(yaml.safe_dump({"base": "debug", "space": {"diffusion_cps.rounds": {"int": [1, 2]}},
                                         "objective": {"metric": metric}}))
         TALLY["tried"] += 1
         with pytest.raises(ConfigError, match=f"'{metric}' is not one a trial reports"):
             load_study(str(path))
         TALLY["clean"] += 1
-    path.write_text(yaml.safe_dump({"base": "debug", "space": {"rounds": {"int": [1, 2]}},
+    path.write_text(yaml.safe_dump({"base": "debug", "space": {"diffusion_cps.rounds": {"int": [1, 2]}},
                                     "objective": {"metric": "val_dice_student"}}))
     assert load_study(str(path)).metric == "val_dice_student"
 

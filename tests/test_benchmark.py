@@ -5,6 +5,7 @@ import math
 
 import pytest
 
+from diffseg.errors import ConfigError
 from experiments import bench_report, benchmark
 
 
@@ -30,7 +31,7 @@ def test_cells_have_stable_names_and_presets():
     cell = next(c for c in cells if c.name == "glas-ua_mt-r5-s2")
     assert cell.config["method"] == "ua_mt" and cell.config["data"]["labeled_ratio"] == 0.05
     assert cell.config["seed"] == 2 and cell.config["data"]["size"] == 64  # the small preset
-    with pytest.raises(Exception, match="preset 'huge'"):
+    with pytest.raises(ConfigError, match="'preset' = 'huge'; choose one of smoke"):
         benchmark.load("default", preset="huge")
 
 

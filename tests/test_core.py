@@ -8,12 +8,24 @@ import torch
 from diffseg import config, losses
 from diffseg.diffusion import Diffusion, make_betas
 from diffseg.errors import ConfigError
-from diffseg.nets import DiffusionSegmenter
-from diffseg.infer import scores as predict_scores
 from diffseg.loop import lr_at
 from diffseg.methods import Step, build_method
-from diffseg.students import TimmUNet, build_student, build_teacher
-from diffseg.teacher import cycle_loss, rounds
+from diffseg.methods.diffusion_cps.network import DiffusionSegmenter, build_student, build_teacher
+from diffseg.methods.diffusion_cps.objectives import cycle_loss, mask_scores, rounds
+from diffseg.timm_unet import TimmUNet
+
+
+def teacher_of(cfg):
+    return build_teacher(cfg.model, 3, 2)
+
+
+def student_of(cfg):
+    return build_student(cfg.model, 3, 2)
+
+
+def scores_of(net, x, d, cfg):
+    s = cfg.diffusion_cps.diffusion
+    return mask_scores(net, d, x, s.sample_steps, s.start_t)
 
 
 @pytest.mark.parametrize("schedule", ["sigmoid", "linear", "cosine"])
@@ -54,11 +66,11 @@ def test_predict_mask_shapes_steps_and_fixed_start():
 
 
 def test_network_shapes_and_student_kinds(tiny_cfg):
-    teacher = build_teacher(tiny_cfg, 3)
+    teacher = teacher_of(tiny_cfg)
     x, t = torch.randn(2, 3, 32, 32), torch.tensor([1, 5])
     assert teacher.mask(torch.randn(2, 2, 32, 32), x, t).shape == (2, 2, 32, 32)
     assert teacher.image(torch.randn(2, 3, 32, 32), torch.rand(2, 2, 32, 32), t).shape == (2, 3, 32, 32)
-    twin = build_student(tiny_cfg, 3)
+    twin = student_of(tiny_cfg)
     assert twin.image is None  # only the mask pathway is used by a student
     paper = DiffusionSegmenter(3, 2, 64, 4)
     widths = [m.out_channels for m in paper.mask.net.modules() if isinstance(m, torch.nn.Conv2d)]
@@ -66,23 +78,23 @@ def test_network_shapes_and_student_kinds(tiny_cfg):
 
 
 def test_timm_student_and_local_weights(tiny_cfg, tmp_path):
-    cfg = config.apply_overrides(tiny_cfg, {"model.student": "timm", "model.timm_encoder": "resnet10t"})
-    student = build_student(cfg, 3)
+    cfg = config.apply_overrides(tiny_cfg, {"model.arch": "timm", "model.timm_encoder": "resnet10t"})
+    student = student_of(cfg)
     assert isinstance(student, TimmUNet) and student(torch.randn(2, 3, 32, 32)).shape == (2, 2, 32, 32)
     weights = tmp_path / "enc.pt"
     torch.save({k: torch.full_like(v, 0.5) if v.is_floating_point() else v
                 for k, v in student.encoder.state_dict().items()}, weights)
-    loaded = build_student(config.apply_overrides(cfg, {"model.timm_weights": str(weights)}), 3)
+    loaded = student_of(config.apply_overrides(cfg, {"model.timm_weights": str(weights)}))
     assert float(next(loaded.encoder.parameters()).detach().flatten()[0]) == 0.5
     with pytest.raises(ConfigError, match="timm_weights file not found"):
-        build_student(config.apply_overrides(cfg, {"model.timm_weights": str(tmp_path / "nope.pt")}), 3)
+        student_of(config.apply_overrides(cfg, {"model.timm_weights": str(tmp_path / "nope.pt")}))
     with pytest.raises(ConfigError, match="timm_encoder"):
-        build_student(config.apply_overrides(cfg, {"model.timm_encoder": "not_a_model"}), 3)
+        student_of(config.apply_overrides(cfg, {"model.timm_encoder": "not_a_model"}))
 
 
 def test_stage1_gradient_reaches_mask_pathway_through_conditioning(tiny_cfg):
     torch.manual_seed(0)
-    teacher = build_teacher(tiny_cfg, 3)
+    teacher = teacher_of(tiny_cfg)
     cycle_loss(teacher, Diffusion(50), torch.randn(2, 3, 32, 32)).backward()
     mask_grad = sum(float(p.grad.abs().sum()) for p in teacher.mask.parameters() if p.grad is not None)
     image_grad = sum(float(p.grad.abs().sum()) for p in teacher.image.parameters() if p.grad is not None)
@@ -91,9 +103,9 @@ def test_stage1_gradient_reaches_mask_pathway_through_conditioning(tiny_cfg):
 
 def test_cps_targets_carry_no_gradient(tiny_cfg):
     torch.manual_seed(0)
-    teacher, student = build_teacher(tiny_cfg, 3), build_student(tiny_cfg, 3)
+    teacher, student = teacher_of(tiny_cfg), student_of(tiny_cfg)
     d, x = Diffusion(50), torch.randn(2, 3, 32, 32)
-    pt, ps = predict_scores(teacher, x, d, tiny_cfg.diffusion), predict_scores(student, x, d, tiny_cfg.diffusion)
+    pt, ps = scores_of(teacher, x, d, tiny_cfg), scores_of(student, x, d, tiny_cfg)
     target = losses.hard(pt)
     assert not target.requires_grad and set(target.unique().tolist()) <= {0.0, 1.0}
     losses.dice_loss(ps, target).backward()  # student learns from the teacher's label...
@@ -104,13 +116,14 @@ def test_cps_targets_carry_no_gradient(tiny_cfg):
 @pytest.mark.parametrize("mode", ["independent", "chained"])
 def test_round_conditioning(tiny_cfg, mode):
     torch.manual_seed(0)
-    teacher = build_teacher(tiny_cfg, 3)
+    teacher = teacher_of(tiny_cfg)
     seen = []
     original = teacher.image.forward
     teacher.image.forward = lambda x_t, m, t: (seen.append(m), original(x_t, m, t))[1]
     d, x = Diffusion(50), torch.randn(2, 3, 32, 32)
-    first = predict_scores(teacher, x, d, tiny_cfg.diffusion)
-    segs, recs = rounds(teacher, d, x, first, 3, mode, tiny_cfg.diffusion)
+    first = scores_of(teacher, x, d, tiny_cfg)
+    s = tiny_cfg.diffusion_cps.diffusion
+    segs, recs = rounds(teacher, d, x, first, 3, mode, s.sample_steps, s.start_t)
     assert len(segs) == len(recs) == 3 and all(not m.requires_grad for m in seen)
     assert torch.equal(seen[0], first.detach())
     if mode == "chained":  # round j is conditioned on round j - 1's mask

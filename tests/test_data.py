@@ -1,5 +1,7 @@
 """Dataset layouts, splits, cache, augmentation and bad input, on real and generated data."""
+import os
 import pickle
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -196,14 +198,21 @@ def test_dataset_opens_file_once_per_process_and_pickles_without_handle(tmp_path
     root = make_folder_dataset(tmp_path / "d", 6)
     data = prepare(data_cfg("folder"), root=root)
     ds = data.dataset("labeled" if data.splits.labeled else "unlabeled")
+
+    def handles() -> int:  # this process's open descriptors of the cache file
+        fds = Path("/proc/self/fd")
+        return sum(1 for fd in fds.iterdir() if os.path.realpath(fd) == os.path.realpath(data.cache_path))
+
+    before = handles()
     ds[0]
-    handle = ds._fh
-    ds[0]
-    assert ds._fh is handle and handle.id.valid
-    clone = pickle.loads(pickle.dumps(ds))
-    assert clone._fh is None
+    ds[1 % len(ds)]
+    assert handles() == before + 1  # opened once, on first use, and kept
+    clone = pickle.loads(pickle.dumps(ds))  # a loader worker's copy carries no handle...
+    assert handles() == before + 1
+    assert torch.equal(clone[0]["image"], ds[0]["image"])  # ...and opens its own
+    clone.close()
     ds.close()
-    assert ds._fh is None and not handle.id.valid
+    assert handles() == before
     loader = torch.utils.data.DataLoader(data.dataset(list(data.index)), batch_size=2, num_workers=2)
     assert sum(b["image"].shape[0] for b in loader) == len(data.index)
 

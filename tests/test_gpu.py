@@ -36,7 +36,7 @@ def _exact_fp32():
 
 def small(dataset: str = "synthetic", **extra):
     base = "debug3d" if dataset == "la" else "debug"
-    sets = {"model.width": 8, "model.depth": 2, "diffusion.steps": 50, "diffusion.start_t": 49, "rounds": 2}
+    sets = {"model.width": 8, "model.depth": 2, "diffusion_cps.diffusion.steps": 50, "diffusion_cps.diffusion.start_t": 49, "diffusion_cps.rounds": 2}
     if dataset != "la":
         sets |= {"data.size": 32}
     else:
@@ -103,8 +103,8 @@ def test_run_on_cuda_scores_the_same_when_evaluated_on_cpu(tmp_path, capsys):
     evaluation draws the diffusion noise from a CPU generator, so only float rounding differs."""
     run = tmp_path / "run"
     sets = ["data.size=32", "data.synthetic_count=24", "model.width=8", "model.depth=2", "pretrain.epochs=1",
-            "pretrain.iters_per_epoch=3", "train.epochs=2", "train.iters_per_epoch=3", "diffusion.steps=50",
-            "diffusion.start_t=-1"]
+            "pretrain.iters_per_epoch=3", "train.epochs=2", "train.iters_per_epoch=3", "diffusion_cps.diffusion.steps=50",
+            "diffusion_cps.diffusion.start_t=-1"]
     assert cli.main(["debug", "--device", "cuda", "--no-amp", "--run-dir", str(run), "--set", *sets]) == 0
     summary = json.loads((run / "summary.json").read_text())
     capsys.readouterr()

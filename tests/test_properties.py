@@ -15,13 +15,13 @@ from diffseg import config
 from diffseg.data import sources
 from diffseg.errors import ConfigError, DataError
 
-KEYS = config.valid_keys()
+KEYS = sorted(config.to_flat(config.defaults()))
 scalars = st.one_of(st.integers(-5, 10**6), st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
                     st.text(max_size=8), st.none())
 values = st.one_of(scalars, st.lists(st.one_of(st.integers(-5, 200), st.floats()), max_size=4))
 
 
-def check_invariants(cfg: config.Config) -> None:
+def check_invariants(cfg) -> None:
     flat = config.to_flat(cfg)
     for key, value in flat.items():
         for v in value if isinstance(value, tuple) else (value,):
@@ -31,7 +31,7 @@ def check_invariants(cfg: config.Config) -> None:
     assert 0 < flat["data.val_ratio"] < 1 or flat["protocol"] == "paper"
     assert flat["data.size"] % 2 ** flat["model.depth"] == 0
     assert 0 <= flat["data.intensity_jitter"] < 1 and 0 <= flat["data.foreground_prob"] <= 1
-    assert -1 <= flat["diffusion.start_t"] < flat["diffusion.steps"] or flat["diffusion.start_t"] < -1
+    assert -1 <= flat["diffusion_cps.diffusion.start_t"] < flat["diffusion_cps.diffusion.steps"] or flat["diffusion_cps.diffusion.start_t"] < -1
 
 
 @settings(max_examples=300, deadline=None)
@@ -59,7 +59,7 @@ SPECS = st.one_of(
 
 
 @settings(max_examples=150, deadline=None)
-@given(space=st.dictionaries(st.sampled_from(["rounds", "loss.cps", "train.lr", "model.depth", "data.size",
+@given(space=st.dictionaries(st.sampled_from(["diffusion_cps.rounds", "diffusion_cps.loss.cps", "train.lr", "model.depth", "data.size",
                                                "data.dataset", "method", "nope"]), SPECS, max_size=3),
        trials=st.one_of(st.integers(1, 5), st.integers(-2, 0), st.text(max_size=3)),
        metric=st.sampled_from(["val_dice", "val_dice", "test_dice", "bogus", ""]))

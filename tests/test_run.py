@@ -52,7 +52,7 @@ def test_resume_equals_uninterrupted(tiny_cfg, tmp_path):
     cfg = config.apply_overrides(tiny_cfg, {"train.epochs": 3})
     full = train(cfg, tmp_path / "full", log=lambda m: None)
 
-    def kill_after_first_epoch(metrics, checkpoint):
+    def kill_after_first_epoch(metrics):
         if metrics["epoch"] == 1:
             raise Killed
 
@@ -71,25 +71,25 @@ def test_resume_equals_uninterrupted(tiny_cfg, tmp_path):
 def test_run_killed_after_its_last_epoch_resumes_to_the_end(tiny_cfg, tmp_path):
     """Stopped between the last epoch's checkpoint and the summary: the resume reports the last
     epoch again (a Tune scheduler must see it) and finishes without training again."""
-    def kill_in_finish(*args, **kwargs):
-        raise Killed
+    def killed_before_scoring(message: str) -> None:
+        if message.startswith("training done"):  # the last checkpoint is saved, no summary yet
+            raise Killed
 
-    loop = Loop(tiny_cfg, tmp_path / "r", log=lambda m: None)
-    loop.finish = kill_in_finish
     with pytest.raises(Killed):
-        loop.fit()
+        Loop(tiny_cfg, tmp_path / "r", log=killed_before_scoring).fit()
+    assert not (tmp_path / "r" / "summary.json").exists()
     reports = []
-    summary = Loop(tiny_cfg, tmp_path / "r", Runtime(report=lambda m, c: reports.append(m)),
-                      log=lambda m: None).fit()
+    summary = Loop(tiny_cfg, tmp_path / "r", Runtime(report=reports.append), log=lambda m: None).fit()
     assert [r["epoch"] for r in reports] == [tiny_cfg.train.epochs]
-    assert summary["test"]["dice"] >= 0
+    uninterrupted = train(tiny_cfg, tmp_path / "whole", log=lambda m: None)
+    assert summary["test"] == uninterrupted["test"] and summary["selected"] == uninterrupted["selected"]
     stages = [r["stage"] for r in train_records(tmp_path / "r")]
     assert stages == ["pretrain"] + ["train"] * tiny_cfg.train.epochs + ["final"]
 
 
 def test_run_dir_of_another_config_is_refused(tiny_cfg, tmp_path):
     train(tiny_cfg, tmp_path / "r", log=lambda m: None)
-    other = config.apply_overrides(tiny_cfg, {"loss.cps": 0.5})
+    other = config.apply_overrides(tiny_cfg, {"diffusion_cps.loss.cps": 0.5})
     with pytest.raises(ConfigError, match="another config"):
         train(other, tmp_path / "r", log=lambda m: None)
     assert config.load(tmp_path / "r" / "config.yaml") == tiny_cfg  # nothing overwritten
@@ -107,7 +107,7 @@ def test_bad_data_fails_before_the_run_directory_is_written(tmp_path):
 def test_paper_protocol_says_so(tiny_cfg, tmp_path):
     cfg = config.apply_overrides(tiny_cfg, {"protocol": "paper", "train.epochs": 1})
     reports = []
-    summary = train(cfg, tmp_path / "p", Runtime(report=lambda m, c: reports.append(m)), log=lambda m: None)
+    summary = train(cfg, tmp_path / "p", Runtime(report=reports.append), log=lambda m: None)
     assert "TEST split" in summary["note"] and summary["selected"]["split"] == "test"
     assert "TEST split" in (tmp_path / "p" / "summary.json").read_text()
     # the selection metrics are named for the split they come from, in every output

@@ -10,16 +10,16 @@ from diffseg import config
 from diffseg.config import ConfigError
 from tune import cli
 from diffseg.methods import stage1_key
-from tune.stage1 import SharedTeacher
+from tune.stage1 import SharedPretrained
 from tune.study import load_study, parse_study, study_from_yaml
 
 GOOD = {
     "base": "debug",
     "set": {"train.epochs": 3},
-    "space": {"rounds": {"int": [1, 3]},
-              "round_mode": {"choice": ["independent", "chained"], "when": {"rounds": {"min": 2}}},
-              "loss.cps": {"float": [0.1, 2.0], "log": True},
-              "diffusion.sample_steps": {"choice": [1, 2]}},
+    "space": {"diffusion_cps.rounds": {"int": [1, 3]},
+              "diffusion_cps.round_mode": {"choice": ["independent", "chained"], "when": {"diffusion_cps.rounds": {"min": 2}}},
+              "diffusion_cps.loss.cps": {"float": [0.1, 2.0], "log": True},
+              "diffusion_cps.diffusion.sample_steps": {"choice": [1, 2]}},
     "trials": 4,
 }
 
@@ -38,22 +38,22 @@ def test_good_study_round_trips_through_its_resolved_file():
     assert "root" not in study.config["data"]  # where data lives is not a hyperparameter
     again = study_from_yaml(study.to_yaml())
     assert again == study
-    assert again.trial_config({"rounds": 2}, "t1").rounds == 2
+    assert again.trial_config({"diffusion_cps.rounds": 2}, "t1").diffusion_cps.rounds == 2
 
 
 @pytest.mark.parametrize("space, words", [
-    ({"diffusion.stepz": {"int": [10, 20]}}, ["diffusion.stepz", "did you mean diffusion.steps"]),
-    ({"rounds": {"int": [3, 3]}}, ["rounds", "empty range"]),
-    ({"loss.cps": {"float": [2.0, 0.5]}}, ["loss.cps", "empty range"]),
-    ({"round_mode": {"choice": []}}, ["round_mode", "non-empty"]),
-    ({"diffusion.steps": {"float": [10.0, 20.0]}}, ["diffusion.steps", "holds int", "float range"]),
-    ({"round_mode": {"int": [1, 2]}}, ["round_mode", "holds str"]),
-    ({"rounds": {"choice": ["two", 3]}}, ["rounds", "'two'"]),
-    ({"round_mode": {"choice": ["independent", "sideways"]}}, ["round_mode", "sideways"]),
-    ({"diffusion.start_t": {"int": [0, 500]}}, ["diffusion.start_t", "500"]),  # beyond the base T
-    ({"loss.cps": {"float": [0.0, 1.0], "log": True}}, ["loss.cps", "log range"]),
-    ({"round_mode": {"choice": ["chained"], "when": {"rounds": [2]}}}, ["round_mode", "when", "rounds"]),
-    ({"rounds": [1, 2]}, ["rounds", "mapping"]),
+    ({"diffusion.stepz": {"int": [10, 20]}}, ["diffusion.stepz", "did you mean diffusion_cps.diffusion.steps"]),
+    ({"diffusion_cps.rounds": {"int": [3, 3]}}, ["diffusion_cps.rounds", "empty range"]),
+    ({"diffusion_cps.loss.cps": {"float": [2.0, 0.5]}}, ["diffusion_cps.loss.cps", "empty range"]),
+    ({"diffusion_cps.round_mode": {"choice": []}}, ["diffusion_cps.round_mode", "non-empty"]),
+    ({"diffusion_cps.diffusion.steps": {"float": [10.0, 20.0]}}, ["diffusion_cps.diffusion.steps", "holds int", "float range"]),
+    ({"diffusion_cps.round_mode": {"int": [1, 2]}}, ["diffusion_cps.round_mode", "holds str"]),
+    ({"diffusion_cps.rounds": {"choice": ["two", 3]}}, ["diffusion_cps.rounds", "'two'"]),
+    ({"diffusion_cps.round_mode": {"choice": ["independent", "sideways"]}}, ["diffusion_cps.round_mode", "sideways"]),
+    ({"diffusion_cps.diffusion.start_t": {"int": [0, 500]}}, ["diffusion_cps.diffusion.start_t", "500"]),  # beyond the base T
+    ({"diffusion_cps.loss.cps": {"float": [0.0, 1.0], "log": True}}, ["diffusion_cps.loss.cps", "log range"]),
+    ({"diffusion_cps.round_mode": {"choice": ["chained"], "when": {"diffusion_cps.rounds": [2]}}}, ["diffusion_cps.round_mode", "when", "rounds"]),
+    ({"diffusion_cps.rounds": [1, 2]}, ["diffusion_cps.rounds", "mapping"]),
     ({}, ["space", "empty"]),
 ])
 def test_bad_search_space_names_the_key(space, words):
@@ -90,11 +90,14 @@ def test_bad_study_file_fails_before_anything_is_written(tmp_path, capsys):
 
 
 def test_shipped_studies_are_valid():
-    for name in ("smoke", "glas", "ph2", "drive", "hmeps"):
-        study = load_study(name)
+    shipped = [("smoke", None), ("la", None)] + [("paper", d) for d in ("glas", "ph2", "drive", "hmeps")]
+    for name, dataset in shipped:
+        study = load_study(name, dataset=dataset)
+        assert study.name == (f"paper-{dataset}" if dataset else name)
+        assert study.base_config().data.dataset == (dataset or study.base_config().data.dataset)
         keys = {p.key for p in study.space}
-        assert {"diffusion.steps", "diffusion.sample_steps", "rounds", "round_mode"} <= keys, name
-        assert any(k.startswith("loss.") for k in keys), name
+        assert {"diffusion_cps.diffusion.steps", "diffusion_cps.diffusion.sample_steps", "diffusion_cps.rounds", "diffusion_cps.round_mode"} <= keys, name
+        assert any(k.startswith("diffusion_cps.loss.") for k in keys), name
 
 
 def test_searcher_tells_optuna_pruned_for_trials_stopped_early():
@@ -103,19 +106,20 @@ def test_searcher_tells_optuna_pruned_for_trials_stopped_early():
     import functools
 
     study = parse_study(study_with())
+    storage = optuna.storages.InMemoryStorage()
     search = StudySearch(space=functools.partial(suggest, space=study.space), metric="val_dice", mode="max",
-                         sampler=optuna.samplers.TPESampler(seed=0), study_name="t",
-                         storage=optuna.storages.InMemoryStorage(), max_epochs=3)
+                         sampler=optuna.samplers.TPESampler(seed=0), study_name="t", storage=storage, max_epochs=3)
     for tid in ("a", "b", "c"):
         params = search.suggest(tid)
-        assert set(params) >= {"rounds", "loss.cps"}
-        assert ("round_mode" in params) == (params["rounds"] >= 2)  # the conditional parameter
+        assert set(params) >= {"diffusion_cps.rounds", "diffusion_cps.loss.cps"}
+        # the conditional parameter
+        assert ("diffusion_cps.round_mode" in params) == (params["diffusion_cps.rounds"] >= 2)
     search.on_trial_result("a", {"val_dice": 0.5, "epoch": 1})
     search.on_trial_complete("a", {"val_dice": 0.5, "epoch": 1})  # stopped by the scheduler
     search.on_trial_result("b", {"val_dice": 0.7, "epoch": 3})
     search.on_trial_complete("b", {"val_dice": 0.7, "epoch": 3})
     search.on_trial_complete("c", None, error=True)
-    trials = {t.user_attrs["tune_trial_id"]: t for t in search._ot_study.get_trials()}
+    trials = {t.user_attrs["tune_trial_id"]: t for t in optuna.load_study(study_name="t", storage=storage).get_trials()}
     assert trials["a"].state.name == "PRUNED" and trials["a"].intermediate_values == {1: 0.5}
     assert trials["b"].state.name == "COMPLETE" and trials["b"].value == 0.7
     assert trials["c"].state.name == "FAIL"
@@ -126,15 +130,15 @@ ONE = {"workers": 1, "device": "cpu", "amp": False}
 
 def test_stage1_key_depends_only_on_stage1_keys():
     cfg = config.load("debug")
-    same = config.apply_overrides(cfg, {"rounds": 3, "loss.cps": 0.2, "train.lr": 0.1, "diffusion.sample_steps": 5,
+    same = config.apply_overrides(cfg, {"diffusion_cps.rounds": 3, "diffusion_cps.loss.cps": 0.2, "train.lr": 0.1, "diffusion_cps.diffusion.sample_steps": 5,
                                         "data.labeled_ratio": 0.5})
-    other = config.apply_overrides(cfg, {"diffusion.steps": 200})
+    other = config.apply_overrides(cfg, {"diffusion_cps.diffusion.steps": 200})
     assert stage1_key(cfg, ONE) == stage1_key(same, ONE)
     assert stage1_key(cfg, ONE) != stage1_key(other, ONE) and stage1_key(cfg, ONE) != stage1_key(cfg, ONE | {"workers": 2})
 
 
 def _claim_and_publish(study_dir, hold_s, queue):
-    shared = SharedTeacher(study_dir, config.load("debug"), ONE)
+    shared = SharedPretrained(study_dir, config.load("debug"), ONE)
     t0 = time.time()
     reused = shared.claim(print)
     waited = time.time() - t0
@@ -171,17 +175,34 @@ def test_two_objective_study_searches_and_reports_a_pareto_front():
 
     study = parse_study(study_with(second_objective={"metric": "pl_cost", "mode": "min"}))
     assert study.metrics == ["val_dice", "pl_cost"] and study.modes == ["max", "min"]
+    storage = optuna.storages.InMemoryStorage()
     search = StudySearch(space=functools.partial(suggest, space=study.space), metric=study.metrics,
                          mode=study.modes, sampler=optuna.samplers.TPESampler(seed=0), study_name="m",
-                         storage=optuna.storages.InMemoryStorage(), max_epochs=3)
+                         storage=storage, max_epochs=3)
     for tid in ("a", "b"):
         search.suggest(tid)
     search.on_trial_result("a", {"val_dice": 0.5, "pl_cost": 3, "epoch": 1})
     search.on_trial_complete("a", {"val_dice": 0.5, "pl_cost": 3, "epoch": 1})
     search.on_trial_complete("b", {"val_dice": 0.8, "pl_cost": 8, "epoch": 3})
-    states = {t.user_attrs["tune_trial_id"]: t for t in search._ot_study.get_trials()}
+    states = {t.user_attrs["tune_trial_id"]: t for t in optuna.load_study(study_name="m", storage=storage).get_trials()}
     assert states["a"].state.name == "PRUNED" and states["b"].values == [0.8, 8]
     rows = [{"trial_id": t, "state": "COMPLETE", "metrics": {"val_dice": d, "pl_cost": c}}
             for t, d, c in (("cheap", 0.7, 3), ("good", 0.8, 8), ("worse", 0.6, 8))]
     front = "\n".join(_pareto(study, rows))
     assert "cheap" in front and "good" in front and "worse" not in front
+
+
+def test_a_study_file_covers_several_datasets_one_study_each():
+    multi = {k: v for k, v in study_with().items() if k != "base"} | {"datasets": {"synthetic": "debug",
+                                                                                   "glas": "glas"}}
+    with pytest.raises(ConfigError, match="covers datasets synthetic, glas: choose one with --dataset"):
+        parse_study(multi)
+    study = parse_study(multi, dataset="synthetic", source="multi.yaml")
+    assert study.name == "multi-synthetic" and study.base == "debug"
+    assert parse_study(multi, dataset="glas").base_config().data.dataset == "glas"
+    with pytest.raises(ConfigError, match="--dataset 'ph2': this study file covers synthetic, glas"):
+        parse_study(multi, dataset="ph2")
+    with pytest.raises(ConfigError, match="either 'base' or 'datasets'"):
+        parse_study(multi | {"base": "debug"}, dataset="glas")
+    with pytest.raises(ConfigError, match="names no 'datasets'"):
+        parse_study(study_with(), dataset="glas")

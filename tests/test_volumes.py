@@ -111,7 +111,7 @@ def test_spacing_and_patch_settings_are_checked():
     assert config.load("la", {"data.spacing": "0.625,0.625,1.25"}).data.spacing == (0.625, 0.625, 1.25)
     for bad in ({"data.patch": [96, 96]}, {"data.patch": [96, 96, 81]}, {"data.spacing": [1, 1]},
                 {"data.spacing": [1, 0, 1]}, {"data.foreground_prob": 1.5}, {"data.patch": "a,b,c"},
-                {"model.student": "timm"}):
+                {"model.arch": "timm"}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             config.load("la", bad)
 

@@ -11,7 +11,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tune", description="Hyperparameter studies with Ray Tune and Optuna")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("search", help="start a new study from a study file")
-    s.add_argument("study", help="study YAML file, or the name of a shipped study (smoke, glas, ph2, drive, hmeps)")
+    s.add_argument("study", help="study YAML file, or the name of a shipped study (smoke, paper, la)")
+    s.add_argument("--dataset", help="which of the study file's datasets (a file with 'datasets:' covers several)")
     s.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="dotted overrides of the base config, e.g. --set train.epochs=20")
     s.add_argument("--name", help="study name (default: the study file's name); never reused")
@@ -25,6 +26,7 @@ def parser() -> argparse.ArgumentParser:
                                                  "in cluster/runtime_env.yaml)")
     j.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
     j.add_argument("--name", help="study name (default: the study file's name and the time)")
+    j.add_argument("--dataset", help="which of the study file's datasets")
     j.add_argument("--data-root", default="", help="dataset root on the cluster (default: its DIFFSEG_DATA)")
     j.add_argument("--runtime-env", default=None, help="runtime environment YAML (default: cluster/runtime_env.yaml)")
     j.add_argument("--no-wait", action="store_true", help="print the job id and return; do not follow the logs")
@@ -71,12 +73,12 @@ def main(argv: list[str] | None = None) -> int:
             from .jobs import RUNTIME_ENV, submit
 
             return submit(args.study, args.address, args.storage, args.overrides, args.name, args.data_root,
-                          wait=not args.no_wait, runtime_env=args.runtime_env or RUNTIME_ENV)
+                          wait=not args.no_wait, runtime_env=args.runtime_env or RUNTIME_ENV, dataset=args.dataset)
         from . import driver
 
         if args.command == "search":
             driver.search(args.study, args.overrides, args.name, args.storage, args.address, args.verbose,
-                          args.data_root, args.cache_dir)
+                          args.data_root, args.cache_dir, args.dataset)
         else:
             driver.resume(args.name, args.storage, args.address, args.verbose, trust=args.trust)
         return 0

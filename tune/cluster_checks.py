@@ -46,7 +46,7 @@ def _probe(folder: str, token: str) -> str:
 
 def check_storage(folder: Path) -> None:
     """Every node writes the study storage, or the study is refused: trial run folders, shared
-    teachers and acknowledgements live there and are read across nodes."""
+    networks and acknowledgements live there and are read across nodes."""
     token = uuid.uuid4().hex[:8]
     nodes = alive_nodes()
     probes = [_probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))

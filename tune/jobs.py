@@ -72,7 +72,8 @@ def check_upload(root: Path, excludes: list[str]) -> int:
 
 
 def submit(study: str, address: str, storage: str, overrides: list[str], name: str | None = None,
-           data_root: str = "", wait: bool = True, runtime_env: Path = RUNTIME_ENV, log=print) -> int:
+           data_root: str = "", wait: bool = True, runtime_env: Path = RUNTIME_ENV, log=print,
+           dataset: str | None = None) -> int:
     """Submit a study as a Ray job; with ``wait``, follow its logs and return 0 on SUCCEEDED."""
     import logging
 
@@ -87,7 +88,7 @@ def submit(study: str, address: str, storage: str, overrides: list[str], name: s
     if not storage or not Path(storage).is_absolute():
         raise ConfigError(f"--storage must be an absolute folder every node of the cluster mounts, got {storage!r}")
     # the study file is checked here, before anything is sent (data paths are the cluster's)
-    checked = load_study(study, overrides, data_root)
+    checked = load_study(study, overrides, data_root, dataset=dataset)
     name = check_name(name or f"{checked.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     study_path = Path(study)
     if study_path.is_file():
@@ -102,6 +103,7 @@ def submit(study: str, address: str, storage: str, overrides: list[str], name: s
     entry = ["python", "-m", "tune", "search", study_arg, "--name", name, "--storage", storage]
     entry += ["--set", *overrides] if overrides else []
     entry += ["--data-root", data_root] if data_root else []
+    entry += ["--dataset", dataset] if dataset else []
     client = JobSubmissionClient(address)
     job_id = client.submit_job(
         entrypoint=shlex.join(entry),

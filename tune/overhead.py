@@ -23,7 +23,7 @@ from diffseg.data import prepare
 from diffseg.loop import fit
 from diffseg.rundir import RunDir
 
-from .study import Study
+from .resources import Resources, TrialSetup
 from .trial import torch_trainer
 
 
@@ -46,10 +46,9 @@ def measure_once(cfg, out_dir: Path) -> dict:
         wall["inprocess_ray_up"] = timed_local(cfg, out_dir / "inprocess_ray_up")
         # the worker gets every core, as the in-process run does (Ray sets its thread count from this)
         cores = float(os.cpu_count() or 1)
-        study = Study(name="overhead", base="", config=config_mod.to_dict(cfg), space=(), workers=1,
-                      cpus_per_worker=cores, max_failures=0)
+        setup = TrialSetup(Resources(workers=1, cpus_per_worker=cores, max_failures=0))
         t0 = time.time()
-        torch_trainer(study, cfg, out_dir / "torchtrainer", out_dir, "overhead", in_tune=False).fit()
+        torch_trainer(setup, cfg, out_dir / "torchtrainer", out_dir, "overhead").fit()  # outside Tune: no reports
         wall["torchtrainer"] = time.time() - t0
     finally:
         ray.shutdown()

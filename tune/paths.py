@@ -22,8 +22,8 @@ def study_dir_for(name: str, storage: str | None) -> Path:
 
     storage = storage or os.environ.get("DIFFSEG_STUDIES") or None
     if storage and "://" in storage:
-        raise ConfigError(f"--storage {storage!r}: a URI needs the cluster support of a later issue; "
-                          f"give a folder every node can read (a local path or an NFS mount)")
+        raise ConfigError(f"--storage {storage!r}: object storage (a URI) is not supported: trials "
+                          f"resume from run folders on a file system; give a folder every node can read (a local path or an NFS mount)")
     return (Path(storage or DEFAULT_STORAGE) / name).resolve()
 
 

@@ -1,6 +1,6 @@
-"""Stage-1 reuse: trials whose pretraining keys agree share one pretrained teacher.
+"""Stage-1 reuse: trials whose pretraining keys agree share one set of pretrained networks.
 
-The teacher lives in ``<study>/pretrained/<key>.pt``. The first trial to need it takes a file
+They live in ``<study>/pretrained/<key>.pt``. The first trial to need it takes a file
 lock, pretrains, publishes the file atomically and releases the lock; trials that arrive while
 it works wait on the lock, then load the file. A lock held by a process that dies is released
 by the operating system, so a crashed trial never blocks the others.
@@ -18,7 +18,7 @@ from filelock import FileLock, Timeout
 from diffseg.methods import stage1_config, stage1_key
 
 
-class SharedTeacher:
+class SharedPretrained:
     """The study's copy of one stage-1 result; the method says which config keys it depends on."""
 
     def __init__(self, study_dir: Path, cfg, numerics: dict):
@@ -30,7 +30,7 @@ class SharedTeacher:
         self.lock = FileLock(str(folder / f"{self.key}.lock"))
 
     def claim(self, log) -> bool:
-        """True: the teacher exists, reuse it. False: this trial pretrains (and holds the lock)."""
+        """True: the pretrained networks exist, reuse it. False: this trial pretrains (and holds the lock)."""
         waited = 0.0
         while True:
             try:
@@ -56,8 +56,8 @@ class SharedTeacher:
             self.lock.release(force=True)
 
 
-def decide(shared: SharedTeacher, run_dir: Path, log) -> bool:
-    """Main rank only: reuse the shared teacher or pretrain here; the first decision of a trial is
+def decide(shared: SharedPretrained, run_dir: Path, log) -> bool:
+    """Main rank only: reuse the shared pretrained networks or pretrain here; the first decision of a trial is
     kept in ``stage1.json`` so a restarted trial neither recounts nor re-decides."""
     record = Path(run_dir) / "stage1.json"
     if record.exists():
@@ -68,7 +68,7 @@ def decide(shared: SharedTeacher, run_dir: Path, log) -> bool:
     t0 = time.time()
     reused = shared.claim(log)
     record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"key": shared.key, "reused": reused, "teacher": str(shared.path),
+    record.write_text(json.dumps({"key": shared.key, "reused": reused, "pretrained": str(shared.path),
                                   "waited_s": round(time.time() - t0, 1)}))
     log(f"stage 1 {'reused' if reused else 'runs here'}: key {shared.key}")
     return reused

@@ -26,6 +26,7 @@ from ray.util.queue import Empty, Queue
 from diffseg import config as config_mod
 
 from .paths import REPORTS, STARTS
+from .resources import TrialSetup
 from .study import Study
 from .worker import ACK_FILE, STOP, train_loop
 
@@ -43,12 +44,12 @@ class ForwardReports(UserCallback):
 def run_trial(params: dict, study: Study, study_dir: str) -> None:
     """A study's trial: the study's base config with this trial's sampled parameters."""
     trial_id = ray.tune.get_context().get_trial_id()
-    run_config(study.trial_config(params, trial_id), trial_id, params, study, Path(study_dir))
+    run_config(study.trial_config(params, trial_id), trial_id, params, study.setup(), Path(study_dir))
 
 
-def run_config(cfg, name: str, params: dict, study: Study, study_dir: Path) -> None:
+def run_config(cfg, name: str, params: dict, setup: TrialSetup, study_dir: Path) -> None:
     """Run one config as a Tune trial through a TorchTrainer, in ``<study_dir>/trials/<name>``;
-    a study's trials and a benchmark's cells both come here. ``study`` gives the resources."""
+    a study's trials and a benchmark's cells both come here."""
     run_dir = study_dir / "trials" / name
     run_dir.mkdir(parents=True, exist_ok=True)
     record_start(study_dir, name, params)
@@ -66,7 +67,7 @@ def run_config(cfg, name: str, params: dict, study: Study, study_dir: Path) -> N
     if last is not None and finished(run_dir, last, cfg):
         return  # it ended while the driver was away: its real result is now Tune's
     reports = Queue(actor_options={"num_cpus": 0})
-    trainer = torch_trainer(study, cfg, run_dir, study_dir, name, reports=reports)
+    trainer = torch_trainer(setup, cfg, run_dir, study_dir, name, reports=reports)
     outcome: dict = {}
 
     def fit() -> None:
@@ -151,26 +152,26 @@ def acknowledge(run_dir: Path, epoch: int | str) -> None:
     tmp.replace(run_dir / ACK_FILE)
 
 
-def torch_trainer(study: Study, cfg, run_dir: Path, study_dir: Path, trial_id: str,
+def torch_trainer(setup: TrialSetup, cfg, run_dir: Path, study_dir: Path, trial_id: str,
                   reports: Queue | None = None) -> TorchTrainer:
     """The trial's Train run; ``reports`` None runs it outside Tune (no acknowledgements)."""
-    use_gpu = study.gpus_per_worker > 0
-    per_worker = {"CPU": study.cpus_per_worker} | ({"GPU": study.gpus_per_worker} if use_gpu else {})
+    res = setup.resources
+    use_gpu = res.gpus_per_worker > 0
+    per_worker = {"CPU": res.cpus_per_worker} | ({"GPU": res.gpus_per_worker} if use_gpu else {})
     return TorchTrainer(
         train_loop,
         train_loop_config={"config": config_mod.to_dict(cfg), "run_dir": str(run_dir),
-                           "study_dir": str(study_dir), "data_root": study.data_root,
-                           "cache_dir": study.cache_dir, "wait_for_ack": reports is not None,
-                           "objectives": {m: mode for m, mode in ((study.metric, study.mode),
-                                                                  (study.second_metric, study.second_mode)) if m}},
+                           "study_dir": str(study_dir), "data_root": setup.data_root,
+                           "cache_dir": setup.cache_dir, "wait_for_ack": reports is not None,
+                           "objectives": dict(setup.objectives)},
         # explicit gradient all-reduce over this process group (see diffseg/runtime.py for why
         # not the DDP module wrapper): gloo on CPU, nccl on GPU
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=study.workers, use_gpu=use_gpu,
+        scaling_config=ray.train.ScalingConfig(num_workers=res.workers, use_gpu=use_gpu,
                                                resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
             name=trial_id, storage_path=str(study_dir / "train"),
-            failure_config=ray.train.FailureConfig(max_failures=study.max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=res.max_failures),
             callbacks=[ForwardReports(reports)] if reports is not None else [],
             # Train's per-report INFO lines drown the study's progress output
             logging_config=ray.train.LoggingConfig(log_level="WARNING")),

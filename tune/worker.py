@@ -24,7 +24,7 @@ from diffseg.methods import method_class
 from diffseg.runtime import Runtime
 
 from .paths import REPORTS, WORKER_STARTS
-from .stage1 import SharedTeacher, decide
+from .stage1 import SharedPretrained, decide
 
 ACK_FILE = "tune_ack"  # the last epoch Tune has taken (written by the trial function)
 STOP = "stop"  # written there instead when Tune stops the trial
@@ -58,7 +58,7 @@ def train_loop(loop_cfg: dict) -> None:
         # retried) with the worst objective, which tells the searcher to leave that region
         log(f"DIVERGED: {exc}")
         try:
-            runtime.report(diverged_result(exc, loop_cfg.get("objectives", {})), None)
+            runtime.report(diverged_result(exc, loop_cfg.get("objectives", {})))
         except Stopped:
             pass
 
@@ -75,7 +75,7 @@ def _run(cfg, run_dir: Path, runtime: Runtime, loop_cfg: dict, log) -> None:
     if not method_class(cfg.method).stage1_keys:  # nothing to share between trials
         fit(cfg, run_dir, runtime, log=log)
         return
-    shared = SharedTeacher(Path(loop_cfg["study_dir"]), cfg, runtime.numerics())
+    shared = SharedPretrained(Path(loop_cfg["study_dir"]), cfg, runtime.numerics())
     reused = decide(shared, run_dir, log) if runtime.is_main else False
     reused = runtime.share(reused)
     try:
@@ -111,7 +111,7 @@ def _record_nodes(run_dir: Path, runtime: Runtime) -> None:
 
 
 def _reporter(rank: int, ack: Path | None, log, run_dir: Path):
-    def report(metrics: dict, checkpoint_dir: Path | None) -> None:
+    def report(metrics: dict) -> None:
         # an epoch Tune has already taken is not sent again: a resumed attempt re-sends the epoch
         # it restored, which a kill may have stopped before its report (every rank decides alike)
         if ack is not None:

@@ -10,17 +10,14 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import uuid
 import zlib
 from pathlib import Path
 
 import h5py
 import numpy as np
-from filelock import FileLock
-
-from ..durable import storage_error
 from ..errors import DataError, StorageError
 from .sources import Source
+from .store import build_once, open_cache  # noqa: F401 (open_cache re-exported)
 
 FORMAT = 4  # 3: antialiased resizing, original-size masks; 4: a checksum per item
 
@@ -42,13 +39,6 @@ def network_shape(shape: tuple[int, int], size: int, scale: float) -> tuple[int,
     if scale <= 0:
         return size, size
     return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
-
-
-def open_cache(path: Path) -> h5py.File:
-    """A cache for reading. A complete cache is never written again (a rebuild goes to a new
-    file renamed over it), so HDF5's own file locking is off: on NFS it fails spuriously, and a
-    failed lock must never look like a corrupt cache."""
-    return h5py.File(path, "r", locking=False)
 
 
 def checksum(*arrays) -> int:
@@ -118,88 +108,78 @@ def resize(arr: np.ndarray, size: int | tuple[int, int], is_mask: bool) -> np.nd
     return out.round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
 
 
-def build(source: Source, size: int, path: Path, progress: bool = True, scale: float = 0.0) -> None:
-    """Read, check and resize every item; raise on the first bad file before writing anything.
+def build(source: Source, size: int, tmp: Path, progress: bool = True, scale: float = 0.0) -> None:
+    """Read, check and resize every item into the new file ``tmp``; raise on the first bad file.
     ``scale`` > 0 keeps each image's aspect at that scale (the "tiles" layout: flat arrays)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     n, c = len(source.items), source.channels
     has_fov = any(it.fov is not None for it in source.items)
     flat = dict(chunks=(2**16,), maxshape=(None,), compression="gzip", compression_opts=1)
-    try:
-        with h5py.File(tmp, "w") as fh, Progress(n, source.dataset, progress) as shown:
-            tiles = scale > 0
+    with h5py.File(tmp, "w") as fh, Progress(n, source.dataset, progress) as shown:
+        tiles = scale > 0
+        if tiles:
+            images = fh.create_dataset("images", (0,), np.uint8, **flat)
+            masks = fh.create_dataset("masks", (0,), np.uint8, **flat)
+            fovs = fh.create_dataset("fov", (0,), np.uint8, **flat) if has_fov else None
+            net_offset, net_shape = np.zeros(n + 1, np.int64), np.zeros((n, 2), np.int32)
+        else:
+            images = fh.create_dataset("images", (n, size, size, c), np.uint8, chunks=(1, size, size, c))
+            masks = fh.create_dataset("masks", (n, size, size), np.uint8, chunks=(1, size, size))
+            fovs = fh.create_dataset("fov", (n, size, size), np.uint8) if has_fov else None
+        orig_masks = fh.create_dataset("orig_masks", (0,), np.uint8, **flat)
+        orig_fov = fh.create_dataset("orig_fov", (0,), np.uint8, **flat) if has_fov else None
+        offsets = np.zeros(n + 1, np.int64)
+        shapes = np.zeros((n, 2), np.int32)
+        fg = np.zeros(n, np.float64)
+        crcs = {k: np.zeros(n, np.int64) for k in ("item_crc", "orig_masks_crc", "orig_fov_crc")}
+        total = np.zeros(c)
+        total_sq = np.zeros(c)
+        n_train = 0
+        for i, item in enumerate(source.items):
+            image, mask, fov = source.read(item)
+            shapes[i] = mask.shape
+            fg[i] = mask.mean()
+            shape = network_shape(mask.shape, size, scale)
+            small = resize(image, shape, False)
+            small_mask = resize(mask, shape, True)
+            small_fov = resize(fov, shape, True) if fov is not None else np.ones(shape, np.uint8)
             if tiles:
-                images = fh.create_dataset("images", (0,), np.uint8, **flat)
-                masks = fh.create_dataset("masks", (0,), np.uint8, **flat)
-                fovs = fh.create_dataset("fov", (0,), np.uint8, **flat) if has_fov else None
-                net_offset, net_shape = np.zeros(n + 1, np.int64), np.zeros((n, 2), np.int32)
+                net_shape[i], net_offset[i + 1] = shape, net_offset[i] + shape[0] * shape[1]
+                _append(images, small.ravel())
+                _append(masks, small_mask.ravel())
+                if fovs is not None:
+                    _append(fovs, small_fov.ravel())
             else:
-                images = fh.create_dataset("images", (n, size, size, c), np.uint8, chunks=(1, size, size, c))
-                masks = fh.create_dataset("masks", (n, size, size), np.uint8, chunks=(1, size, size))
-                fovs = fh.create_dataset("fov", (n, size, size), np.uint8) if has_fov else None
-            orig_masks = fh.create_dataset("orig_masks", (0,), np.uint8, **flat)
-            orig_fov = fh.create_dataset("orig_fov", (0,), np.uint8, **flat) if has_fov else None
-            offsets = np.zeros(n + 1, np.int64)
-            shapes = np.zeros((n, 2), np.int32)
-            fg = np.zeros(n, np.float64)
-            crcs = {k: np.zeros(n, np.int64) for k in ("item_crc", "orig_masks_crc", "orig_fov_crc")}
-            total = np.zeros(c)
-            total_sq = np.zeros(c)
-            n_train = 0
-            for i, item in enumerate(source.items):
-                image, mask, fov = source.read(item)
-                shapes[i] = mask.shape
-                fg[i] = mask.mean()
-                shape = network_shape(mask.shape, size, scale)
-                small = resize(image, shape, False)
-                small_mask = resize(mask, shape, True)
-                small_fov = resize(fov, shape, True) if fov is not None else np.ones(shape, np.uint8)
-                if tiles:
-                    net_shape[i], net_offset[i + 1] = shape, net_offset[i] + shape[0] * shape[1]
-                    _append(images, small.ravel())
-                    _append(masks, small_mask.ravel())
-                    if fovs is not None:
-                        _append(fovs, small_fov.ravel())
-                else:
-                    images[i], masks[i] = small, small_mask
-                    if fovs is not None:
-                        fovs[i] = small_fov
-                u8 = lambda a: None if a is None else np.asarray(a).astype(np.uint8)  # noqa: E731 (as stored)
-                crcs["item_crc"][i] = checksum(u8(small), u8(small_mask), u8(small_fov) if fovs is not None else None)
-                crcs["orig_masks_crc"][i] = checksum(u8(mask))
-                crcs["orig_fov_crc"][i] = checksum(u8(fov if fov is not None else np.ones_like(mask)))
-                offsets[i + 1] = offsets[i] + mask.size
-                _append(orig_masks, mask.ravel())
-                if orig_fov is not None:
-                    _append(orig_fov, (fov if fov is not None else np.ones_like(mask)).ravel())
-                if item.split == "train":  # normalisation statistics never see the test split
-                    x = small.reshape(-1, c) / 255.0
-                    total += x.mean(0)
-                    total_sq += (x ** 2).mean(0)
-                    n_train += 1
-                shown.update(i + 1)
-            mean = total / max(n_train, 1)
-            std = np.sqrt(np.maximum(total_sq / max(n_train, 1) - mean ** 2, 1e-8))
-            fh.create_dataset("names", data=np.array([it.name for it in source.items], dtype="S"))
-            fh.create_dataset("splits", data=np.array([it.split for it in source.items], dtype="S"))
-            fh.create_dataset("orig_shape", data=shapes)
-            fh.create_dataset("orig_offset", data=offsets)
-            fh.create_dataset("foreground", data=fg)
-            for name, values in crcs.items():
-                fh.create_dataset(name, data=values)
-            if tiles:
-                fh.create_dataset("net_offset", data=net_offset)
-                fh.create_dataset("net_shape", data=net_shape)
-            fh.attrs.update(mean=mean, std=std, dataset=source.dataset, size=size, channels=c, scale=scale,
-                            layout="tiles" if tiles else "resized", complete=1)
-        os.replace(tmp, path)
-    except OSError as exc:
-        # HDF5 reports a full disk as a bare OSError (often without errno): the free space says
-        raise storage_error(exc, tmp) or (StorageError(f"cannot write the cache {tmp}: {exc}")
-                                          if shutil.disk_usage(path.parent).free < 2**20 else exc) from exc
-    finally:
-        tmp.unlink(missing_ok=True)
+                images[i], masks[i] = small, small_mask
+                if fovs is not None:
+                    fovs[i] = small_fov
+            u8 = lambda a: None if a is None else np.asarray(a).astype(np.uint8)  # noqa: E731 (as stored)
+            crcs["item_crc"][i] = checksum(u8(small), u8(small_mask), u8(small_fov) if fovs is not None else None)
+            crcs["orig_masks_crc"][i] = checksum(u8(mask))
+            crcs["orig_fov_crc"][i] = checksum(u8(fov if fov is not None else np.ones_like(mask)))
+            offsets[i + 1] = offsets[i] + mask.size
+            _append(orig_masks, mask.ravel())
+            if orig_fov is not None:
+                _append(orig_fov, (fov if fov is not None else np.ones_like(mask)).ravel())
+            if item.split == "train":  # normalisation statistics never see the test split
+                x = small.reshape(-1, c) / 255.0
+                total += x.mean(0)
+                total_sq += (x ** 2).mean(0)
+                n_train += 1
+            shown.update(i + 1)
+        mean = total / max(n_train, 1)
+        std = np.sqrt(np.maximum(total_sq / max(n_train, 1) - mean ** 2, 1e-8))
+        fh.create_dataset("names", data=np.array([it.name for it in source.items], dtype="S"))
+        fh.create_dataset("splits", data=np.array([it.split for it in source.items], dtype="S"))
+        fh.create_dataset("orig_shape", data=shapes)
+        fh.create_dataset("orig_offset", data=offsets)
+        fh.create_dataset("foreground", data=fg)
+        for name, values in crcs.items():
+            fh.create_dataset(name, data=values)
+        if tiles:
+            fh.create_dataset("net_offset", data=net_offset)
+            fh.create_dataset("net_shape", data=net_shape)
+        fh.attrs.update(mean=mean, std=std, dataset=source.dataset, size=size, channels=c, scale=scale,
+                        layout="tiles" if tiles else "resized", complete=1)
 
 
 def check_space(folder: Path, source: Source, size: int, scale: float) -> None:
@@ -250,23 +230,17 @@ def ensure(source: Source, size: int, directory: str = "", progress: bool = True
     """Path of a complete cache for ``source`` at ``size`` (or at ``scale``, for tiles), building
     or rebuilding it as needed."""
     if source.dim != 2:
-        raise DataError(f"dataset '{source.dataset}' is {source.dim}D: training on 3D volumes needs the 3D "
-                        f"networks, not built yet ('diffseg data info {source.dataset}' lists it)")
+        raise DataError(f"dataset '{source.dataset}' is {source.dim}D: its volumes go to the volume store "
+                        f"(diffseg.data.volumes), not the 2D image cache")
     path = cache_path(source, size, cache_dir(directory), scale)
-    if path.exists() and is_valid(path, len(source.items)):
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # one builder per cache file, also across nodes sharing the folder; the others wait, then
-    # find it complete. A rebuild replaces the file by rename and never deletes it first: a
-    # process still reading the old one keeps it open, intact.
-    with FileLock(str(path.with_name(path.name + ".lock"))):
-        if path.exists() and is_valid(path, len(source.items)):
-            return path
+
+    def before() -> None:
         check_space(path.parent, source, size, scale)
         if path.exists():
             print(f"cache {path} is incomplete or corrupt: rebuilding it", file=sys.stderr)
         if progress:
             at = f"x{scale:g} of their size" if scale > 0 else f"{size}x{size}"
             print(f"building cache {path} ({len(source.items)} images at {at})", file=sys.stderr)
-        build(source, size, path, progress, scale)
-    return path
+
+    return build_once(path, lambda p: p.exists() and is_valid(p, len(source.items)),
+                      lambda tmp: build(source, size, tmp, progress, scale), "cache", before)

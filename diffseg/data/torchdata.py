@@ -1,16 +1,15 @@
 """Torch datasets over the preprocessing cache, and the prepared data of one run."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from . import augment, cache, splits as splits_mod, sources
+from .store import StoreItems
+from .truth import Truth
 
 
 def per_channel(values) -> torch.Tensor:
@@ -27,42 +26,17 @@ def denormalise(x: torch.Tensor, mean, std) -> torch.Tensor:
     return x * per_channel(std).to(x.device) + per_channel(mean).to(x.device)
 
 
-class CachedImages(Dataset):
-    """Items of an HDF5 cache. The file is opened once per process (worker) and closed on close()."""
+class CachedImages(StoreItems):
+    """Images of the 2D cache, normalised; training items augmented."""
 
     def __init__(self, path: Path, indices: list[int], mean, std, *, train: bool = False,
-                 jitter: float = 0.0, with_mask: bool = True, window: int = 0, augment: bool = True):
-        self.path, self.indices = Path(path), list(indices)
+                 jitter: float = 0.0, with_mask: bool = True, window: tuple[int, ...] = (), augment: bool = True):
+        super().__init__(path, indices)
         self.mean, self.std = per_channel(mean), per_channel(std)
         self.train, self.jitter, self.with_mask, self.augment = train, jitter, with_mask, augment
-        # tiles: training items are random window x window crops; evaluation items are whole
-        # images, which the evaluation slides a window over
+        # tiles: training items are random crops of the window; evaluation items are whole
+        # images, which the evaluation slides the window over
         self.window = window
-        self._fh, self._pid = None, None
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def _file(self) -> h5py.File:
-        if self._fh is None or self._pid != os.getpid():  # a forked worker opens its own handle
-            self._fh, self._pid = cache.open_cache(self.path), os.getpid()
-        return self._fh
-
-    def close(self) -> None:
-        if self._fh is not None and self._pid == os.getpid():
-            self._fh.close()
-        self._fh = None
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
-
-    def __getstate__(self):  # never pickle an open handle into a worker
-        state = dict(self.__dict__)
-        state["_fh"], state["_pid"] = None, None
-        return state
 
     def __getitem__(self, i: int) -> dict:
         idx = self.indices[i]
@@ -72,7 +46,7 @@ class CachedImages(Dataset):
         mask = torch.from_numpy(mask.astype(np.int64))
         fov = torch.from_numpy(fov.astype(np.int64)) if fov is not None else torch.ones_like(mask)
         if self.train and self.window:
-            image, mask, fov = random_crop(self.window, image, mask, fov)
+            image, mask, fov = random_crop(self.window[0], image, mask, fov)
         if self.train and self.augment:
             image, mask, fov = augment.geometric(image, mask, fov)
         if self.train:
@@ -106,7 +80,7 @@ class PreparedData:
     index: dict[str, int]  # name -> row in the cache
     mean: np.ndarray
     std: np.ndarray
-    window: int = 0  # > 0: the tiles layout, trained on window x window crops
+    window: tuple[int, ...] = ()  # the tiles layout: trained on crops of this shape, scored by a sliding window
 
     def dataset(self, part: str | list[str], *, train: bool = False, jitter: float = 0.0,
                 with_mask: bool = True, augment: bool = True) -> CachedImages:
@@ -116,9 +90,7 @@ class PreparedData:
         return CachedImages(self.cache_path, [self.index[n] for n in names], self.mean, self.std,
                             train=train, jitter=jitter, with_mask=with_mask, window=self.window, augment=augment)
 
-    def truth(self, part: str, resolution: str = "original"):
-        from ..evaluate import Truth
-
+    def truth(self, part: str, resolution: str = "original") -> Truth:
         return Truth.of_images(self, part, resolution)
 
 
@@ -142,7 +114,7 @@ def prepare(data_cfg, seed_splits: splits_mod.Splits | None = None, progress: bo
         names = [n.decode() for n in fh["names"][()]]
         mean, std = np.asarray(fh.attrs["mean"]), np.asarray(fh.attrs["std"])
     return PreparedData(source, path, splits, {n: i for i, n in enumerate(names)}, mean, std,
-                        window=data_cfg.size if data_cfg.scale > 0 else 0)
+                        window=(data_cfg.size, data_cfg.size) if data_cfg.scale > 0 else ())
 
 
 def make_run_splits(source: sources.Source, data_cfg) -> splits_mod.Splits:

@@ -8,24 +8,20 @@ complete; a file that fails to open or misses an item is rebuilt.
 """
 from __future__ import annotations
 
-import os
-import shutil
 import sys
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
-from filelock import FileLock
-from torch.utils.data import Dataset
 
-from ..durable import storage_error
-from ..errors import DataError, StorageError
+from ..errors import DataError
 from . import splits as splits_mod
 from .cache import Progress, cache_dir as default_cache_dir, open_cache
 from .sources import Source
+from .store import StoreItems, build_once
+from .truth import Truth
 
 FORMAT = 1
 CHUNK = (64, 64, 32)
@@ -47,31 +43,16 @@ def _valid(path: Path, n_items: int) -> bool:
 
 def ensure(source: Source, directory: str | Path = "", progress: bool = True) -> Path:
     """The store of ``source``'s volumes, built once (every training and test volume)."""
-    directory = default_cache_dir(str(directory))
-    directory.mkdir(parents=True, exist_ok=True)
-    path = store_path(source, directory)
-    if _valid(path, len(source.items)):
-        return path
-    with FileLock(str(path) + ".lock"):
-        if _valid(path, len(source.items)):  # another process built it while we waited
-            return path
-        tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            _build(source, tmp, progress)
-            os.replace(tmp, path)
-        except OSError as exc:  # a full disk: HDF5's error often lacks its errno (see cache.build)
-            raise storage_error(exc, tmp) or (StorageError(f"cannot write the volume store {tmp}: {exc}")
-                                              if shutil.disk_usage(directory).free < 2**20 else exc) from exc
-        finally:
-            tmp.unlink(missing_ok=True)
-    return path
+    path = store_path(source, default_cache_dir(str(directory)))
+    return build_once(path, lambda p: _valid(p, len(source.items)), lambda tmp: _build(source, tmp, progress),
+                      "volume store")
 
 
 def _build(source: Source, tmp: Path, progress: bool) -> None:
     rng = np.random.default_rng(0)
     n = len(source.items)
     if progress:
-        print(f"building volume store {tmp.name.rsplit('.', 2)[0]} ({n} volumes, not resized)", file=sys.stderr)
+        print(f"building volume store {tmp.name.rsplit('.', 2)[0].lstrip('.')} ({n} volumes, not resized)", file=sys.stderr)
     with h5py.File(tmp, "w") as fh, Progress(n, source.dataset, progress, "volumes") as shown:
         for i, item in enumerate(source.items):
             image, mask, _ = source.read(item)
@@ -120,38 +101,17 @@ def augment(image: torch.Tensor, mask: torch.Tensor):
     return image.contiguous(), mask.contiguous()
 
 
-class VolumeItems(Dataset):
-    """Volumes of the store: random patches for training, whole volumes for evaluation. The file
-    is opened once per process (worker)."""
+class VolumeItems(StoreItems):
+    """Volumes of the store: random patches for training, whole volumes for evaluation."""
 
     def __init__(self, path: Path, indices: list[int], patch: tuple[int, int, int], *, train: bool = False,
                  foreground_prob: float = 0.0, jitter: float = 0.0, augment: bool = True, with_mask: bool = True):
-        self.path, self.indices, self.patch = Path(path), list(indices), tuple(patch)
+        super().__init__(path, indices)
+        self.patch = tuple(patch)
         self.train, self.jitter, self.augment, self.with_mask = train, jitter, augment, with_mask
         # a patch is drawn near the foreground only where the labels may be read
         self.foreground_prob = foreground_prob if with_mask else 0.0
         self.window = self.patch  # evaluation slides a window of the training patch
-        self._fh, self._pid = None, None
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def _file(self) -> h5py.File:
-        if self._fh is None or self._pid != os.getpid():  # a forked worker opens its own handle
-            self._fh, self._pid = open_cache(self.path), os.getpid()
-        return self._fh
-
-    def __getstate__(self):  # never pickle an open handle into a worker
-        state = dict(self.__dict__)
-        state["_fh"], state["_pid"] = None, None
-        return state
-
-    def __del__(self):
-        try:
-            if self._fh is not None and self._pid == os.getpid():
-                self._fh.close()
-        except Exception:
-            pass
 
     def patch_start(self, idx: int) -> tuple[int, ...]:
         fh = self._file()
@@ -210,8 +170,6 @@ class PreparedVolumes:
     def truth(self, part: str, resolution: str = "original"):
         """Whole masks of a split (volumes are scored at their own size whatever the resolution
         asked) with each volume's spacing."""
-        from ..evaluate import Truth
-
         names = getattr(self.splits, part)
         items = {it.name: it for it in self.source.items}
         with open_cache(self.cache_path) as fh:

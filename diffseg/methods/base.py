@@ -1,30 +1,39 @@
 """What a method is, for the loop (``diffseg/loop.py``) that runs any of them.
 
-A method names its networks, its stages and the optimizers each stage steps, computes the loss
-of one step with every term named, may act after a step (an EMA update), and names the networks
-that selection chooses between (its predictors). Everything else (epochs, learning-rate
+A method names its networks, its stages (each reading one config section) and the optimizers
+each stage steps, computes the loss of one step with every term named, may act after a step (an
+EMA update), and names its predictors: the networks selection chooses between, each scored
+through ``predict(name)``, a function from images to class scores. It declares its own config
+sections (``sections``) and checks them (``check``). Everything else (epochs, learning-rate
 schedule, data, resume, validation, selection, test, summary, reports) is the loop's.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Optional
 
 import torch
 from torch import nn
 
-from ..diffusion import Diffusion
-from ..infer import scores
+from ..data.sources import dims as dataset_dims
+
+# images (B, C, *spatial) and an optional generator for any noise it draws -> class scores (B, K, *spatial)
+Predictor = Callable[[torch.Tensor, Optional[torch.Generator]], torch.Tensor]
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage. ``name`` is also the config section with its epochs, lr and batch size."""
-    name: str  # "pretrain" (stage 1) or "train" (the stage that selects the kept model)
+    """One stage of a method."""
+    name: str  # what the logs, metrics.jsonl and checkpoints call it
+    section: str  # the config section with its epochs, lr and batch size ("train" for the one that selects)
     inputs: tuple[str, ...]  # "labeled" (images, masks), "unlabeled" or "images" (all training images, no masks)
     optimizers: tuple[str, ...]  # the method's optimizers this stage steps
     monitor: str = ""  # a network whose label-free mask is scored on validation each epoch (either channel)
+    # when it ends, the method's ``pretrained`` networks are published (studies share them) and
+    # ``--pretrained`` skips up to here
+    shares: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,11 @@ class Method:
     name = ""
     stages: tuple[Stage, ...] = ()
     predictors: tuple[str, ...] = ()  # networks selection chooses between, in order
+    # the config sections this method declares: name -> frozen dataclass (defaults) or
+    # (dataclass, default factory); registered with the config when the method is
+    sections: dict = {}
+    # keys moved into this method's sections: old dotted key -> new
+    moved: dict[str, str] = {}
     # config keys (a trailing '.' takes a whole section) that stage 1 reads: two configs that
     # agree on them produce the identical pretrained networks, so trials can share them
     stage1_keys: tuple[str, ...] = ()
@@ -66,9 +80,13 @@ class Method:
 
     def __init__(self, cfg, channels: int, prepare: Callable[[nn.Module], nn.Module] = lambda m: m):
         self.cfg, self.channels = cfg, channels
-        self.diffusion = Diffusion(cfg.diffusion.steps, cfg.diffusion.schedule)
+        self.dims = dataset_dims(cfg.data.dataset)  # 2 for images, 3 for volumes: the source says
         self.networks: dict[str, nn.Module] = {k: prepare(v) for k, v in self.build_networks().items()}
         self.optimizers: dict[str, torch.optim.Optimizer] = self.build_optimizers()
+
+    @staticmethod
+    def check(cfg) -> None:
+        """Combinations of this method's keys that their bounds cannot express; raise ConfigError."""
 
     # ---- what a subclass provides
     def build_networks(self) -> dict[str, nn.Module]:
@@ -85,21 +103,37 @@ class Method:
     def after_step(self, stage: str, step: Step) -> None:
         """Called after the optimizers stepped (Mean Teacher's EMA update)."""
 
+    def predict(self, name: str) -> Predictor:
+        """The class scores of network ``name``; by default the network itself."""
+        net = self.networks[name]
+        return lambda x, generator=None: net(x)
+
     def snapshot(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named class scores for the TensorBoard image grid; by default every predictor."""
         return {name: self.scores(name, x) for name in self.predictors}
 
     # ---- shared
     def scores(self, name: str, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return scores(self.networks[name], x, self.diffusion, self.cfg.diffusion, generator)
+        return self.predict(name)(x, generator)
 
     def train_mode(self, on: bool = True) -> None:
         for net in self.networks.values():
             net.train(on)
 
-    def optimizer(self, names: Iterable[str], stage: str) -> torch.optim.Optimizer:
-        """The optimizer of ``stage``'s config section over the named networks."""
-        scfg = getattr(self.cfg, stage)
+    @contextlib.contextmanager
+    def evaluating(self):
+        """Every network in eval mode for the block, each put back as it was after."""
+        modes = {k: net.training for k, net in self.networks.items()}
+        self.train_mode(False)
+        try:
+            yield self
+        finally:
+            for k, net in self.networks.items():
+                net.train(modes[k])
+
+    def optimizer(self, names: Iterable[str], section: str) -> torch.optim.Optimizer:
+        """The optimizer of config section ``section`` over the named networks."""
+        scfg = getattr(self.cfg, section)
         params = [p for n in names for p in self.networks[n].parameters()]
         if scfg.optimizer == "sgd":
             return torch.optim.SGD(params, lr=scfg.lr, momentum=0.9, weight_decay=1e-4)

@@ -8,11 +8,14 @@ sigmoid.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from .. import losses
-from ..students import build_segmenter
+from ..config import spec
+from ..nets import build_segmenter
 from .base import Method, Stage, Step, sigmoid_ramp
 
 
@@ -21,14 +24,21 @@ def cross(scores: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(scores.float(), other.detach().argmax(1))
 
 
+@dataclass(frozen=True)
+class Settings:
+    """Cross pseudo supervision of two networks (SSL4MIS's train_cross_pseudo_supervision_2D.py)."""
+    consistency: float = spec(0.1, low=0.0)  # weight of the two cross cross-entropy terms, ramped by a sigmoid
+
+
 class CrossPseudoSupervision(Method):
     name = "cps"
-    stages = (Stage("train", inputs=("labeled", "unlabeled"), optimizers=("a", "b")),)
+    sections = {"cps": Settings}
+    stages = (Stage("train", "train", inputs=("labeled", "unlabeled"), optimizers=("a", "b")),)
     predictors = ("a", "b")
 
     def build_networks(self):
         # built one after the other from one seeded stream: two different initialisations
-        return {"a": build_segmenter(self.cfg, self.channels), "b": build_segmenter(self.cfg, self.channels)}
+        return {"a": build_segmenter(self.cfg.model, self.channels, self.dims), "b": build_segmenter(self.cfg.model, self.channels, self.dims)}
 
     def build_optimizers(self):
         return {"a": self.optimizer(["a"], "train"), "b": self.optimizer(["b"], "train")}

@@ -9,21 +9,33 @@ softmax-MSE consistency with weight 0.1 ramped by a sigmoid, input noise N(0, 0.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 
 from .. import losses
-from ..students import build_segmenter
+from ..config import spec
+from ..nets import build_segmenter
 from .base import Method, Stage, Step, sigmoid_ramp
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Mean Teacher and UA-MT; defaults from SSL4MIS's 2D scripts (train_mean_teacher_2D.py,
+    train_uncertainty_aware_mean_teacher_2D.py)."""
+    ema_decay: float = spec(0.99, low=0.0, high=1.0)
+    consistency: float = spec(0.1, low=0.0)  # weight of the consistency term, ramped by a sigmoid
+    noise: float = spec(0.1, low=0.0)  # std of the Gaussian noise on the EMA network's input (clipped at 2x)
 
 
 class MeanTeacher(Method):
     name = "mean_teacher"
-    stages = (Stage("train", inputs=("labeled", "unlabeled"), optimizers=("student",)),)
+    sections = {"mean_teacher": Settings}
+    stages = (Stage("train", "train", inputs=("labeled", "unlabeled"), optimizers=("student",)),)
     predictors = ("student", "ema")
 
     def build_networks(self):
-        student = build_segmenter(self.cfg, self.channels)
+        student = build_segmenter(self.cfg.model, self.channels, self.dims)
         ema = copy.deepcopy(student)
         for p in ema.parameters():
             p.requires_grad_(False)  # moved only by the EMA update, never by a gradient

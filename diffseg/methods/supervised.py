@@ -8,17 +8,17 @@ Segmentation", MICCAI 2015, here at the paper's student width and depth; loss as
 from __future__ import annotations
 
 from .. import losses
-from ..students import build_segmenter
+from ..nets import build_segmenter
 from .base import Method, Stage, Step
 
 
 class Supervised(Method):
     name = "supervised"
-    stages = (Stage("train", inputs=("labeled",), optimizers=("net",)),)
+    stages = (Stage("train", "train", inputs=("labeled",), optimizers=("net",)),)
     predictors = ("net",)
 
     def build_networks(self):
-        return {"net": build_segmenter(self.cfg, self.channels)}
+        return {"net": build_segmenter(self.cfg.model, self.channels, self.dims)}
 
     def build_optimizers(self):
         return {"net": self.optimizer(["net"], "train")}

@@ -11,16 +11,26 @@ Teacher settings (``mean_teacher.*``) otherwise.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from .. import losses
+from ..config import spec
 from .base import Step, sigmoid_ramp
 from .mean_teacher import MeanTeacher
 
 
+@dataclass(frozen=True)
+class Settings:
+    """UA-MT's uncertainty mask (SSL4MIS: 8 stochastic passes, threshold ramped 0.75 -> 1 of ln 2)."""
+    passes: int = spec(8, low=1, high=256)
+    threshold_start: float = spec(0.75, low=0.0, high=1.0)  # fraction of the maximal entropy ln(K) at the start
+
+
 class UncertaintyAwareMeanTeacher(MeanTeacher):
     name = "ua_mt"
+    sections = MeanTeacher.sections | {"ua_mt": Settings}  # the Mean Teacher settings, and its own
 
     def threshold(self, step: Step) -> float:
         """Entropy threshold: start * ln(K) at step 0 rising to ln(K) at the last step."""

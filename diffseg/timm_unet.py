@@ -1,5 +1,4 @@
-"""Network factories: the diffusion teacher, the paper's twin student, the baselines' U-Net, and a
-U-Net on any timm encoder (for every method)."""
+"""A U-Net decoder over any timm encoder, for every method (2D); weights only from a local file."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +8,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from .errors import ConfigError
-from .nets import DiffusionSegmenter, UNet, conv_block
+from .blocks import conv_block
 
 
 class TimmUNet(nn.Module):
@@ -43,32 +42,3 @@ class TimmUNet(nn.Module):
             h = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             h = block(torch.cat([h, skip], dim=1))
         return F.interpolate(self.head(h), size=x.shape[-2:], mode="bilinear", align_corners=False)
-
-
-def spatial_dims(cfg) -> int:
-    """2 for images, 3 for volumes: a property of the dataset, so a run's config says it."""
-    from .data.sources import VOLUME_DATASETS
-
-    return 3 if cfg.data.dataset in VOLUME_DATASETS else 2
-
-
-def build_teacher(cfg, channels: int, classes: int = 2) -> DiffusionSegmenter:
-    m = cfg.model
-    return DiffusionSegmenter(channels, classes, m.width, m.depth, m.dropout, dims=spatial_dims(cfg))
-
-
-def build_student(cfg, channels: int, classes: int = 2) -> nn.Module:
-    m = cfg.model
-    if m.student == "twin":
-        return DiffusionSegmenter(channels, classes, m.width, m.depth, m.dropout, image_pathway=False,
-                                  dims=spatial_dims(cfg))
-    return build_segmenter(cfg, channels, classes)
-
-
-def build_segmenter(cfg, channels: int, classes: int = 2) -> nn.Module:
-    """The baselines' network: the paper's student U-Net (same width and depth) without the time
-    input or the noisy-mask channels, so comparisons are at equal width; or the timm U-Net."""
-    m = cfg.model
-    if m.student == "twin":
-        return UNet(channels, classes, m.width, m.depth, m.dropout, time_embedding=False, dims=spatial_dims(cfg))
-    return TimmUNet(m.timm_encoder, channels, classes, m.timm_weights)

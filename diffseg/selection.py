@@ -1,0 +1,124 @@
+"""Selection: each epoch's validation of every predictor, the choice of the model a run keeps
+(``checkpoints/best.pt``), and at the end its scores and the run's ``summary.json``."""
+from __future__ import annotations
+
+import torch
+
+from . import checkpoint, evaluate
+from .data import Truth
+from .errors import Diverged
+from .kept import kept_state, load_kept, score_kept
+from .visuals import log_images
+
+PAPER_NOTE = "protocol=paper: checkpoint and threshold were selected on the TEST split (original protocol)"
+
+
+class Selection:
+    """Scores on the split that selects (validation; the test split under protocol=paper)."""
+
+    def __init__(self, cfg, method, data, run_dir, runtime, log):
+        self.cfg, self.method, self.data, self.rd, self.rt, self.log = cfg, method, data, run_dir, runtime, log
+        self.split = "test" if cfg.protocol == "paper" else "val"
+        self.best: dict | None = None  # predictor, epoch, dice, split, threshold of the kept model
+        self._truth: dict[str, Truth] = {}
+
+    def truth(self, part: str) -> Truth:
+        """A split's ground truth at the scoring resolution, read once per run."""
+        if part not in self._truth:
+            self._truth[part] = self.data.truth(part, self.cfg.eval.resolution)
+        return self._truth[part]
+
+    def probabilities(self, name: str, part: str) -> list:
+        with self.method.evaluating():
+            probs = evaluate.collect(self.method.predict(name), self.data.dataset(part), self.rt, self.cfg.seed,
+                                     overlap=self.cfg.eval.overlap)
+        return self.truth(part).resize(probs)
+
+    def validate(self, epoch: int, writer=None) -> dict:
+        """Score every predictor on the selecting split; keep the best so far as best.pt. Metric
+        names carry the split they come from (``test_`` under protocol=paper)."""
+        sel, out, truth = self.split, {}, self.truth(self.split)
+        for name in self.method.predictors:
+            probs = self.probabilities(name, sel)
+            thr, _ = evaluate.best_threshold(probs, truth.gts, truth.fovs)
+            dice = evaluate.score(probs, truth.gts, truth.fovs, thr, surface=False)["dice"]
+            out[f"{sel}_dice_{name}"], out[f"{sel}_threshold_{name}"] = dice, thr
+            if self.best is None or dice > self.best["dice"]:
+                self.best = {"predictor": name, "epoch": epoch, "dice": dice, "split": sel, "threshold": thr}
+                if self.rt.is_main:
+                    checkpoint.save(kept_state(self.method, name, self.cfg, self.best, self.data), self.rd.best)
+        out[f"{sel}_dice"] = self.best["dice"]
+        out[f"{sel}_dice_last"] = max(out[f"{sel}_dice_{p}"] for p in self.method.predictors)
+        out[f"{sel}_dice_all_foreground"] = truth.trivial()["all_foreground_dice"]  # the floor, beside it
+        if writer is not None:
+            log_images(writer, self.method, self.data, self.data.dataset(sel), epoch, self.rt.device)
+        return out
+
+    def monitor(self, stage) -> dict:
+        """A stage without labels shows whether it learns: the validation Dice of its label-free
+        mask (either channel) beside the all-foreground Dice. Nothing here feeds a gradient."""
+        if not stage.monitor or not self.data.splits.val:
+            return {}
+        truth = self.truth("val")
+        probs = self.probabilities(stage.monitor, "val")
+        return {"val_dice_unsupervised": evaluate.label_free_dice(probs, truth.gts, truth.fovs),
+                "val_dice_all_foreground": truth.trivial()["all_foreground_dice"]}
+
+    def finish(self, seconds: float) -> dict:
+        """Main rank: load the kept model, score validation and (once) the test split, write
+        summary.json. Every score stands beside the trivial ones of its split, and a model that
+        does not beat predicting foreground everywhere is flagged."""
+        kept = load_kept(self.rd.path, self.rt.device)
+        cfg = self.cfg
+        summary = {"run_dir": str(self.rd.path), "method": cfg.method, "dataset": self.data.source.dataset,
+                   "status": "complete", "protocol": cfg.protocol, "resolution": cfg.eval.resolution,
+                   "counts": self.data.splits.counts(), "selected": kept.selected, "wall_s": round(seconds, 1),
+                   "device": str(self.rt.device), "peak_memory_mb": round(peak_memory_mb(self.rt.device), 1),
+                   "pl_cost": self.method.pseudo_label_cost()}
+        if evaluate.at_edge(kept.threshold):
+            summary["selected"] = kept.selected | {"threshold_at_edge": True}
+            summary["threshold_note"] = (f"the threshold {kept.threshold:.2f} sits at the end of the grid "
+                                         f"({evaluate.THRESHOLDS[0]:.2f}-{evaluate.THRESHOLDS[-1]:.2f}): the "
+                                         f"model's probabilities are poorly calibrated")
+        if cfg.protocol == "paper":
+            summary["note"] = PAPER_NOTE
+        for part in ("val", "test"):
+            summary[part] = score_kept(kept, self.data, part, self.rt,
+                                       self.truth(part) if getattr(self.data.splits, part) else None)
+        flags = [f"{part} Dice {summary[part]['dice']:.4f} does not beat predicting foreground everywhere "
+                 f"({summary[part]['all_foreground_dice']:.4f})" for part in ("val", "test")
+                 if summary[part] and not summary[part]["beats_trivial"]]
+        if flags:
+            summary["warning"] = "; ".join(flags)
+        self.rd.write_json("summary.json", summary)  # finish runs on the main rank only
+        self.rd.log({"stage": "final", "epoch": cfg.train.epochs, "val_dice": summary["val"].get("dice"),
+                     "test_dice": summary["test"].get("dice")})
+        test = summary["test"]
+        self.log(f"kept {kept.predictor} from epoch {kept.selected['epoch'] + 1} (threshold {kept.threshold:.2f}): "
+                 f"val dice {summary['val'].get('dice', float('nan')):.4f}, test dice {test.get('dice', float('nan')):.4f}"
+                 + (f" (all-foreground {test['all_foreground_dice']:.4f}; scored at {cfg.eval.resolution} size)"
+                    if test else ""))
+        for flag in flags + ([summary["threshold_note"]] if "threshold_note" in summary else []):
+            self.log(f"WARNING: {flag}")
+        return summary
+
+    def record_divergence(self, exc: Diverged, seconds: float) -> None:
+        """A diverged run is a result: its summary says so and why; nothing is scored (the weights
+        are garbage), and the last good checkpoint stays for whoever wants to look."""
+        if not self.rt.is_main:
+            return
+        self.rd.write_json("summary.json", {
+            "run_dir": str(self.rd.path), "method": self.cfg.method, "dataset": self.data.source.dataset,
+            "status": "diverged", "reason": str(exc), "stage": exc.stage, "epoch": exc.epoch + 1, "key": exc.key,
+            "val": {}, "test": {}, "wall_s": round(seconds, 1), "device": str(self.rt.device)})
+        self.rd.log({"stage": "final", "epoch": exc.epoch, "status": "diverged"})
+        self.log(f"DIVERGED: {exc}")
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """The run's peak memory: the CUDA allocator's peak, or the process's peak resident size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux

@@ -1,0 +1,82 @@
+"""The one place a Tuner is built and a driver joins its cluster: studies (``driver``) and the
+benchmark grid (``grid``) both come here with their ``Resources``."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import optuna
+import ray
+import ray.tune
+
+from .cluster_checks import alive_nodes, check_storage, check_worker_fits, free_dead_jobs_placement_groups
+from .resources import Resources
+
+
+def connect(address: str | None, resources: Resources, verbose: bool, storage_root: Path) -> None:
+    """Join (or start) the cluster and check that one trial fits and the storage is shared."""
+    # Tune saves its state every few seconds, so a killed driver loses little
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    if not verbose:
+        quiet()
+    if not ray.is_initialized():
+        # without an address, RAY_ADDRESS (set inside `ray job submit`) or a new local instance.
+        # The workers' own output (Ray Train's per-report lines, actor warnings) would drown the
+        # progress lines; it stays in each trial's train.log and Ray's session logs.
+        ray.init(address=address, log_to_driver=verbose,
+                 logging_level=logging.INFO if verbose else logging.ERROR)
+    freed = free_dead_jobs_placement_groups()
+    if freed:
+        cpus = sum(b.get("CPU", 0) for group in freed for b in group.values())
+        say(f"freed {len(freed)} placement group(s) ({cpus:g} CPUs) left by killed drivers")
+    check_worker_fits(resources.cpus_per_worker, resources.gpus_per_worker, resources.workers)
+    storage_root.mkdir(parents=True, exist_ok=True)
+    check_storage(storage_root)
+    have = ray.cluster_resources()
+    say(f"ray cluster: {len(alive_nodes())} node(s), {have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs; "
+        f"up to {resources.concurrency} trials at once, each {resources.workers} worker(s); storage {storage_root} "
+        f"writable from every node")
+
+
+def trial_function(fn, **parameters):
+    """A trial function with its fixed parameters. It only waits on its TorchTrainer, so it asks
+    for no CPU (the workers get every core; the concurrency bounds how many run at once). Ray
+    wants a non-empty request: a little logical memory, roughly what that waiting process holds."""
+    return ray.tune.with_resources(ray.tune.with_parameters(fn, **parameters), {"CPU": 0, "memory": 256 * 2**20})
+
+
+def build(trainable, resources: Resources, storage: Path, name: str, callbacks: list, *, num_samples: int = 1,
+          param_space: dict | None = None, search_alg=None, scheduler=None, trial_name=None) -> ray.tune.Tuner:
+    """A Tuner over ``trainable`` whose trials are named ``trial_name(trial)`` (default: the
+    trial id), at most ``resources.concurrency`` at once, each restarted up to ``max_failures``
+    times (a trial whose node was lost resumes from its run folder on the shared storage)."""
+    name_of = trial_name or (lambda t: t.trial_id)
+    tune_config = ray.tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
+                                      max_concurrent_trials=resources.concurrency,
+                                      trial_name_creator=name_of, trial_dirname_creator=name_of)
+    run_config = ray.tune.RunConfig(name=name, storage_path=str(storage), callbacks=callbacks, verbose=0,
+                                    failure_config=ray.tune.FailureConfig(max_failures=resources.max_failures))
+    return ray.tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+
+
+class _DropHarmless(logging.Filter):
+    """Ray warns about "N PYTHON worker processes" because trials ask for 0 CPU (by design,
+    see ``trial_function``); the warning is misleading here, so it stays out of the console."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "worker processes have been started" not in record.getMessage()
+
+
+def quiet() -> None:
+    """Keep the console to the study's own progress lines: no Ray, Tune or Optuna banners, no
+    Tune TensorBoard hint (it names a driver-artifacts folder, not the study's); ``--verbose``
+    brings them back."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's classic output, silent at verbose=0
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    logging.getLogger("ray._private.worker").addFilter(_DropHarmless())
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def say(msg: str) -> None:
+    print(f"[tune] {msg}", flush=True)
