@@ -276,6 +276,9 @@ def read_inherited(name_or_path: str | Path, directory: Path, what: str,
     if base is None:
         return path, data
     relative = path.parent / str(base)
-    _, parent = read_inherited(relative if relative.is_file() else base, directory, what, merge_fn,
-                               _seen + (path.resolve(),))
+    try:
+        _, parent = read_inherited(relative if relative.is_file() else base, directory, what, merge_fn,
+                                   _seen + (path.resolve(),))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: base {base!r}: {exc}") from None
     return path, merge_fn(parent, data)

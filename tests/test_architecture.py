@@ -4,6 +4,7 @@ how long a module may grow; and that a new method is one file plus one line in t
 from __future__ import annotations
 
 import ast
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,7 +178,7 @@ def test_a_method_registered_from_a_test_trains_with_its_own_section(toy_method,
     summary = fit(cfg, tmp_path / "run", log=lambda m: None)
     assert summary["status"] == "complete" and summary["method"] == "toy"
     assert summary["selected"]["predictor"] == "net" and 0 <= summary["test"]["dice"] <= 1
-    stages = {r.get("stage") for r in map(__import__("json").loads, (tmp_path / "run" / "metrics.jsonl").open())}
+    stages = {r.get("stage") for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").open())}
     assert stages == {"fit", "final"}  # the method's own stage name, read from its Stage
 
 

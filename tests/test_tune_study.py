@@ -143,11 +143,12 @@ def _claim_and_publish(study_dir, hold_s, queue):
     reused = shared.claim(print)
     waited = time.time() - t0
     if not reused:
+        (study_dir / "claimed").touch()  # the test starts the second trial only now
         time.sleep(hold_s)  # "pretraining"
         src = study_dir / f"teacher-{hold_s}.pt"
         src.write_bytes(b"weights")
         shared.publish(src)
-    queue.put((reused, waited))
+    queue.put((reused, waited, time.time()))
 
 
 def test_shared_teacher_is_made_once_by_concurrent_trials(tmp_path):
@@ -155,14 +156,18 @@ def test_shared_teacher_is_made_once_by_concurrent_trials(tmp_path):
     queue = ctx.Queue()
     first = ctx.Process(target=_claim_and_publish, args=(tmp_path, 2.0, queue))
     first.start()
-    time.sleep(1.0)  # the second arrives while the first pretrains
+    deadline = time.time() + 60
+    while not (tmp_path / "claimed").exists():  # the second arrives while the first pretrains
+        assert time.time() < deadline and first.is_alive(), "the first trial never claimed"
+        time.sleep(0.05)
     second = ctx.Process(target=_claim_and_publish, args=(tmp_path, 0.0, queue))
     second.start()
     results = sorted([queue.get(timeout=60), queue.get(timeout=60)])
     first.join(10)
     second.join(10)
     assert [r[0] for r in results] == [False, True]  # one pretrained, one reused
-    assert results[1][1] > 0.5  # the reuser waited for the publisher
+    published = (tmp_path / "teacher-2.0.pt").stat().st_mtime
+    assert results[1][2] >= published  # the reuser went on only once the publisher had published
     assert list((tmp_path / "pretrained").glob("*.pt"))[0].read_bytes() == b"weights"
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import losses
-from ..config import spec
+from ..schema import spec
 from ..nets import build_segmenter
 from .base import Method, Stage, Step, sigmoid_ramp
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import losses
-from ..config import spec
+from ..schema import spec
 from .base import Step, sigmoid_ramp
 from .mean_teacher import MeanTeacher
 

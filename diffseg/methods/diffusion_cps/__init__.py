@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 import torch
 
 from ... import losses
-from ...config import StageConfig, spec
+from ...config import StageConfig
 from ...diffusion import Diffusion
 from ...errors import ConfigError
+from ...schema import spec
 from ..base import Method, Stage, Step
 from .network import DiffusionSegmenter, build_student, build_teacher
 from .objectives import cycle_loss, mask_scores, rounds
