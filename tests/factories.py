@@ -36,7 +36,7 @@ STUDY_SET = {"data.size": 32, "model.width": 8, "model.depth": 2, "pretrain.epoc
 
 
 def write_study(path: Path, **changes) -> Path:
-    study = {"base": "debug", "set": dict(STUDY_SET),
+    study = {"config": "debug", "set": dict(STUDY_SET),
              "space": {"diffusion_cps.diffusion.steps": {"choice": [100, 200]},
                        "diffusion_cps.diffusion.sample_steps": {"choice": [1, 2]},
                        "diffusion_cps.rounds": {"int": [1, 2]},

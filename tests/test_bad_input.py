@@ -181,7 +181,7 @@ def test_invalid_study_space_is_refused_before_the_folder_exists(space, expect, 
     from tune.study import load_study
 
     path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump({"base": "debug", "space": space, "trials": 2}, sort_keys=False))
+    path.write_text(yaml.safe_dump({"config": "debug", "space": space, "trials": 2}, sort_keys=False))
     TALLY["tried"] += 1
     with pytest.raises(ConfigError, match=expect):
         load_study(str(path))
@@ -195,13 +195,13 @@ def test_objective_no_trial_reports_is_refused(tmp_path):
 
     for metric in ("val_dicee", "val_dice_ema", "dice"):  # ema is Mean Teacher's, not the paper method's
         path = tmp_path / "s.yaml"
-        path.write_text(yaml.safe_dump({"base": "debug", "space": {"diffusion_cps.rounds": {"int": [1, 2]}},
+        path.write_text(yaml.safe_dump({"config": "debug", "space": {"diffusion_cps.rounds": {"int": [1, 2]}},
                                         "objective": {"metric": metric}}))
         TALLY["tried"] += 1
         with pytest.raises(ConfigError, match=f"'{metric}' is not one a trial reports"):
             load_study(str(path))
         TALLY["clean"] += 1
-    path.write_text(yaml.safe_dump({"base": "debug", "space": {"diffusion_cps.rounds": {"int": [1, 2]}},
+    path.write_text(yaml.safe_dump({"config": "debug", "space": {"diffusion_cps.rounds": {"int": [1, 2]}},
                                     "objective": {"metric": "val_dice_student"}}))
     assert load_study(str(path)).metric == "val_dice_student"
 

@@ -256,7 +256,7 @@ def test_study_searches_over_method_with_method_specific_keys_under_when():
 
     from tune.study import parse_study, suggest
 
-    study = parse_study({"base": "debug", "trials": 4, "space": {
+    study = parse_study({"config": "debug", "trials": 4, "space": {
         "method": {"choice": ["diffusion_cps", "mean_teacher", "cps"]},
         "diffusion_cps.rounds": {"int": [1, 3], "when": {"method": ["diffusion_cps"]}},
         "mean_teacher.ema_decay": {"float": [0.9, 0.999], "when": {"method": ["mean_teacher"]}},

@@ -66,7 +66,7 @@ SPECS = st.one_of(
 def test_study_files_are_accepted_correctly_or_refused_cleanly(space, trials, metric):
     from tune.study import parse_study
 
-    data = {"base": "debug", "set": {"train.epochs": 2}, "space": space, "trials": trials,
+    data = {"config": "debug", "set": {"train.epochs": 2}, "space": space, "trials": trials,
             "objective": {"metric": metric, "mode": "max"}}
     try:
         study = parse_study(data, source="generated.yaml")

@@ -14,7 +14,7 @@ from tune.stage1 import SharedPretrained
 from tune.study import load_study, parse_study, study_from_yaml
 
 GOOD = {
-    "base": "debug",
+    "config": "debug",
     "set": {"train.epochs": 3},
     "space": {"diffusion_cps.rounds": {"int": [1, 3]},
               "diffusion_cps.round_mode": {"choice": ["independent", "chained"], "when": {"diffusion_cps.rounds": {"min": 2}}},
@@ -198,7 +198,7 @@ def test_two_objective_study_searches_and_reports_a_pareto_front():
 
 
 def test_a_study_file_covers_several_datasets_one_study_each():
-    multi = {k: v for k, v in study_with().items() if k != "base"} | {"datasets": {"synthetic": "debug",
+    multi = {k: v for k, v in study_with().items() if k != "config"} | {"datasets": {"synthetic": "debug",
                                                                                    "glas": "glas"}}
     with pytest.raises(ConfigError, match="covers datasets synthetic, glas: choose one with --dataset"):
         parse_study(multi)
@@ -207,7 +207,27 @@ def test_a_study_file_covers_several_datasets_one_study_each():
     assert parse_study(multi, dataset="glas").base_config().data.dataset == "glas"
     with pytest.raises(ConfigError, match="--dataset 'ph2': this study file covers synthetic, glas"):
         parse_study(multi, dataset="ph2")
-    with pytest.raises(ConfigError, match="either 'base' or 'datasets'"):
-        parse_study(multi | {"base": "debug"}, dataset="glas")
+    with pytest.raises(ConfigError, match="either 'config' or 'datasets'"):
+        parse_study(multi | {"config": "debug"}, dataset="glas")
     with pytest.raises(ConfigError, match="names no 'datasets'"):
         parse_study(study_with(), dataset="glas")
+
+
+def test_a_study_file_inherits_from_another(tmp_path):
+    """base: OTHER_STUDY; space entries are replaced whole, null drops one, config drops datasets."""
+
+    la = load_study("la", dataset=None)  # shipped: base paper, config la, one key added to the space
+    paper = load_study("paper", dataset="glas")
+    assert la.name == "la" and la.base == "la" and la.base_config().data.dataset == "la"
+    assert [p.key for p in la.space] == [p.key for p in paper.space] + ["data.foreground_prob"]
+    assert (la.trials, la.concurrency, la.gpus_per_worker) == (paper.trials, paper.concurrency, 1)
+    (tmp_path / "parent.yaml").write_text(yaml.safe_dump(study_with(), sort_keys=False))
+    (tmp_path / "child.yaml").write_text("base: parent.yaml\nname: child\ntrials: 3\nspace:\n"
+                                         "  train.lr: null\n  diffusion_cps.rounds: {choice: [1, 2]}\n")
+    child = load_study(tmp_path / "child.yaml")
+    assert child.name == "child" and child.trials == 3 and child.base == "debug"
+    keys = {p.key: p for p in child.space}
+    assert "train.lr" not in keys and keys["diffusion_cps.rounds"].kind == "choice"
+    (tmp_path / "old.yaml").write_text("base: debug\nspace: {train.lr: {float: [0.001, 0.01]}}\n")
+    with pytest.raises(ConfigError, match="'debug' is a config: write 'config: debug'"):
+        load_study(tmp_path / "old.yaml")

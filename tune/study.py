@@ -1,4 +1,5 @@
-"""Study files: a base config, a search space over dotted config keys, and how to search it.
+"""Study files: a base config, a search space over dotted config keys, and how to search it. A
+study file may start from another (``base: OTHER_STUDY``) and change only what differs.
 
 Everything here is checked before Ray starts or any trial runs, and every error names the study
 file and the key at fault. No Ray import: a finished study is read back with this module alone.
@@ -25,7 +26,7 @@ STUDY_DIR = Path(__file__).resolve().parent.parent / "experiments" / "studies"
 @dataclass(frozen=True)
 class Study:
     name: str
-    base: str
+    base: str  # the base config's name or file, as the study file's 'config' gave it
     config: dict  # the resolved base config (every key), as a nested dict
     space: tuple[Param, ...]
     metric: str = "val_dice"
@@ -84,13 +85,58 @@ def load_study(name_or_path: str | Path, overrides: list[str] | dict | None = No
                cache_dir: str = "", dataset: str | None = None) -> Study:
     """Read and check a study file; ``overrides`` (``key=value``) change the base config;
     ``dataset`` picks one of a file that covers several (``datasets:``)."""
-    path = config_mod.resolve_shipped(name_or_path, STUDY_DIR, "study")
-    data = config_mod.read_yaml(path, "study")
+    path, data = _read(name_or_path)
     try:
         return parse_study(data, overrides, source=str(path), data_root=data_root, cache_dir=cache_dir,
                            dataset=dataset)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def _read(name_or_path: str | Path) -> tuple[Path, dict]:
+    try:
+        return schema.read_inherited(name_or_path, STUDY_DIR, "study", merge_studies)
+    except ConfigError as exc:
+        path = Path(name_or_path)
+        base = _base_of(path if path.is_file() else STUDY_DIR / f"{name_or_path}.yaml")
+        if base is not None and "not found" in str(exc) and _is_config(base):
+            # before study files could inherit, 'base' named the base config: say where it went
+            raise ConfigError(f"study key 'base' names a parent study file, and {base!r} is none; "
+                              f"{base!r} is a config: write 'config: {base}'") from None
+        raise
+
+
+def _base_of(path: Path):
+    try:
+        return schema.read_yaml(path, "study").get("base")
+    except ConfigError:
+        return None
+
+
+def _is_config(name) -> bool:
+    try:
+        schema.resolve_shipped(str(name), config_mod.CONFIG_DIR, "config")
+        return True
+    except ConfigError:
+        return False
+
+
+def merge_studies(parent: dict, child: dict) -> dict:
+    """A study file over its base: sections merge key by key, but a search-space entry or a dataset
+    is replaced whole, and ``KEY: null`` under ``space`` or ``datasets`` drops the parent's entry.
+    A child naming ``config`` drops the parent's ``datasets``, and the other way round."""
+    out = schema.deep_merge({k: v for k, v in parent.items() if k not in ("space", "datasets")},
+                            {k: v for k, v in child.items() if k not in ("space", "datasets")})
+    for key in ("space", "datasets"):
+        merged = {**(parent.get(key) or {}), **(child.get(key) or {})}
+        merged = {k: v for k, v in merged.items() if v is not None}
+        if merged:
+            out[key] = merged
+    if "config" in child:
+        out.pop("datasets", None)
+    elif child.get("datasets"):
+        out.pop("config", None)
+    return out
 
 
 @dataclass(frozen=True)
@@ -122,7 +168,7 @@ class Scheduler:
 class StudyFile:
     """A study file as written; ``parse_study`` resolves it into a ``Study``."""
     name: str = ""  # default: the file's name
-    base: str = "debug"  # a config file or a shipped config name
+    config: str = "debug"  # the base config: a config file or a shipped config name
     # or several datasets, each with its base config: the file is then one study per dataset,
     # named <name>-<dataset> and chosen with --dataset (as a benchmark file covers several)
     datasets: dict = field(default_factory=dict)
@@ -144,7 +190,7 @@ def parse_study(data: dict, overrides=None, source: str = "", data_root: str = "
         raise ConfigError("a study file must be a mapping")
     f = schema.build(StudyFile, {k: ({} if v is None and k in ("set", "space") else v) for k, v in data.items()},
                      noun="study key")
-    base, name = _base_and_name(f, "base" in data, str(f.name or Path(source).stem or "study"), dataset)
+    base, name = _base_and_name(f, "config" in data, str(f.name or Path(source).stem or "study"), dataset)
     cfg = config_mod.load(base, f.set)
     if overrides:
         cfg = config_mod.apply_overrides(cfg, overrides)
@@ -180,10 +226,10 @@ def _base_and_name(f: StudyFile, base_given: bool, name: str, dataset: str | Non
     if not f.datasets:
         if dataset is not None:
             raise ConfigError(f"--dataset {dataset}: this study file names no 'datasets' (its base config is "
-                              f"{f.base}); change the dataset with --set data.dataset={dataset}")
-        return f.base, name
+                              f"{f.config}); change the dataset with --set data.dataset={dataset}")
+        return f.config, name
     if base_given:
-        raise ConfigError("give either 'base' or 'datasets' (each dataset with its base config), not both")
+        raise ConfigError("give either 'config' or 'datasets' (each dataset with its base config), not both")
     if dataset is None and len(f.datasets) > 1:
         raise ConfigError(f"this study file covers datasets {', '.join(f.datasets)}: choose one with --dataset NAME")
     dataset = dataset if dataset is not None else next(iter(f.datasets))
