@@ -32,9 +32,23 @@ def _surface(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, structure, border_value=0)
 
 
+def _crop(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both masks cut to the box around their union plus one voxel each side. Exact for surface
+    distances: every surface point lies inside, so each nearest one does too, and the one-voxel
+    rim (or the array's own border, where the box reaches it) erodes as the whole array would.
+    On LA, where the atrium fills a few per cent of a volume, it makes HD95 several times cheaper."""
+    box = []
+    for axis in range(pred.ndim):
+        other = tuple(a for a in range(pred.ndim) if a != axis)
+        hit = np.flatnonzero((pred | gt).any(axis=other))
+        box.append(slice(max(int(hit[0]) - 1, 0), int(hit[-1]) + 2))
+    return pred[tuple(box)], gt[tuple(box)]
+
+
 def surface_distances(pred: np.ndarray, gt: np.ndarray, spacing=None) -> tuple[np.ndarray, np.ndarray]:
-    """Distances from each predicted surface point to the ground-truth surface, and back."""
-    pred, gt = pred.astype(bool), gt.astype(bool)
+    """Distances from each predicted surface point to the ground-truth surface, and back (both
+    masks non-empty)."""
+    pred, gt = _crop(pred.astype(bool), gt.astype(bool))
     spacing = spacing or (1.0,) * pred.ndim
     sp, sg = _surface(pred), _surface(gt)
     to_gt = ndimage.distance_transform_edt(~sg, sampling=spacing)
@@ -42,24 +56,26 @@ def surface_distances(pred: np.ndarray, gt: np.ndarray, spacing=None) -> tuple[n
     return to_gt[sp], to_pred[sg]
 
 
+def surface_metrics(pred: np.ndarray, gt: np.ndarray, spacing=None) -> tuple[float, float]:
+    """(HD95, ASD) from one pair of distance transforms: the 95th-percentile Hausdorff distance
+    (the larger of the two directed ones) and the average symmetric surface distance."""
+    pred, gt = pred.astype(bool), gt.astype(bool)
+    if not pred.any() and not gt.any():
+        return 0.0, 0.0
+    if not pred.any() or not gt.any():
+        return math.nan, math.nan
+    a, b = surface_distances(pred, gt, spacing)
+    return float(max(np.percentile(a, 95), np.percentile(b, 95))), float(np.concatenate([a, b]).mean())
+
+
 def hd95(pred: np.ndarray, gt: np.ndarray, spacing=None) -> float:
     """95th-percentile Hausdorff distance (the larger of the two directed ones)."""
-    if not pred.any() and not gt.any():
-        return 0.0
-    if not pred.any() or not gt.any():
-        return math.nan
-    a, b = surface_distances(pred, gt, spacing)
-    return float(max(np.percentile(a, 95), np.percentile(b, 95)))
+    return surface_metrics(pred, gt, spacing)[0]
 
 
 def asd(pred: np.ndarray, gt: np.ndarray, spacing=None) -> float:
     """Average symmetric surface distance."""
-    if not pred.any() and not gt.any():
-        return 0.0
-    if not pred.any() or not gt.any():
-        return math.nan
-    a, b = surface_distances(pred, gt, spacing)
-    return float(np.concatenate([a, b]).mean())
+    return surface_metrics(pred, gt, spacing)[1]
 
 
 class SetMetrics:
@@ -79,7 +95,7 @@ class SetMetrics:
         self.gt_sum += g
         row = {"dice": dice(pred, gt), "jaccard": jaccard(pred, gt)}
         if self.surface:
-            row.update(hd95=hd95(pred, gt, spacing), asd=asd(pred, gt, spacing))
+            row["hd95"], row["asd"] = surface_metrics(pred, gt, spacing)
         self.per_image.append(row)
         return row
 

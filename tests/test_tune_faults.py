@@ -17,6 +17,19 @@ from factories import journal_states, read_csv, start_tune, write_study
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parent.parent
+def tune_saved_an_ended_trial(study_dir) -> bool:
+    """Whether an experiment_state file of the study records a trial as TERMINATED (a file that
+    is being rewritten may not parse yet: then not)."""
+    for state in (study_dir / "tune").glob("experiment_state-*.json"):
+        try:
+            trials = json.loads(state.read_text())["trial_data"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if any(json.loads(entry[0]).get("status") == "TERMINATED" for entry in trials):
+            return True
+    return False
+
+
 def test_killed_driver_is_resumed_without_rerunning_completed_trials(ray_cluster, tmp_path, capsys):
     """Two-worker trials (gloo all-reduce between two Train workers) on synthetic data; the driver
     process is killed once a trial has finished, then `resume` completes the study."""
@@ -34,7 +47,10 @@ def test_killed_driver_is_resumed_without_rerunning_completed_trials(ray_cluster
     while time.time() < deadline and len(started()) < 2:
         assert proc.poll() is None, proc.stdout.read()
         time.sleep(0.5)
-    time.sleep(3)  # Tune saves its state every 2 s (TUNE_GLOBAL_CHECKPOINT_S)
+    # kill only once Tune's saved state (written every 2 s) holds the first trial as ended
+    while time.time() < deadline and not tune_saved_an_ended_trial(study_dir):
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     console = proc.stdout.read()
