@@ -15,6 +15,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import torch
 
 from . import checkpoint, run_state
 from .data import Splits, prepare
@@ -55,30 +56,50 @@ def batches(loader, n: int):
 DIVERGED_LOSS = 1e4
 
 
-def check_divergence(stage: Stage, terms: dict, step: Step, cfg, runtime: Runtime) -> None:
-    """Raise Diverged when a loss term is not finite or has exploded, naming the term, the stage
-    and epoch, and the learning rate that most often causes it. Decided by every rank together,
-    so no rank waits in a collective for one that stopped."""
-    bad = next(((k, v) for k, v in terms.items() if not math.isfinite(v) or abs(v) > DIVERGED_LOSS), None)
+def check_divergence(stage: Stage, rows: list[dict[str, float]], epoch: int, cfg, runtime: Runtime) -> None:
+    """Raise Diverged when a loss term of an epoch's steps is not finite or has exploded, naming
+    the term, the stage, epoch and step, and the learning rate that most often causes it. Decided
+    by every rank together, so no rank waits in a collective for one that stopped."""
+    bad = next(((i, k, v) for i, row in enumerate(rows) for k, v in row.items()
+                if not math.isfinite(v) or abs(v) > DIVERGED_LOSS), None)
     if runtime.distributed and runtime.mean(1.0 if bad else 0.0) > 0 and bad is None:
-        bad = ("loss (on another rank)", math.nan)
+        bad = (len(rows) - 1, "loss (on another rank)", math.nan)
     if bad is None:
         return
-    name, value = bad
+    index, name, value = bad
     lr = getattr(cfg, stage.section).lr
     what = "is not finite" if not math.isfinite(value) else f"exceeds {DIVERGED_LOSS:g}"
-    raise Diverged(f"{stage.name} diverged at epoch {step.epoch + 1}, step {step.index + 1}: loss term "
+    raise Diverged(f"{stage.name} diverged at epoch {epoch + 1}, step {index + 1}: loss term "
                    f"'{name}' = {value:.4g} {what}; the usual cause is the learning rate "
-                   f"(config key '{stage.section}.lr' = {lr:g}): lower it", stage.name, step.epoch,
+                   f"(config key '{stage.section}.lr' = {lr:g}): lower it", stage.name, epoch,
                    f"{stage.section}.lr")
 
 
-def train_step(method, stage: Stage, batch: dict, step: Step, runtime: Runtime) -> dict[str, float]:
+class StepTerms:
+    """The loss terms of an epoch's steps, kept where they were computed: a step never waits for
+    the host to read a number (on a GPU that wait idles it). ``read`` copies them all at once."""
+
+    def __init__(self):
+        self.steps: list[tuple[tuple[str, ...], torch.Tensor, dict[str, float]]] = []
+
+    def add(self, terms: dict) -> None:
+        tensors = {k: v for k, v in terms.items() if torch.is_tensor(v)}
+        packed = torch.stack([v.detach().float().reshape(()) for v in tensors.values()]) if tensors else None
+        self.steps.append((tuple(tensors), packed, {k: float(v) for k, v in terms.items() if k not in tensors}))
+
+    def read(self) -> list[dict[str, float]]:
+        """Every step's terms as floats, in step order and in each step's own key order."""
+        packed = [p for _, p, _ in self.steps if p is not None]
+        values = iter(torch.cat(packed).cpu().double().tolist() if packed else [])  # one copy
+        return [{name: next(values) for name in names} | floats for names, _, floats in self.steps]
+
+
+def train_step(method, stage: Stage, batch: dict, step: Step, runtime: Runtime) -> dict:
     """One optimisation step of ``stage``: the method's loss, gradients averaged over the workers,
-    every optimizer of the stage stepped, then the method's after-step hook. Returns the terms."""
+    every optimizer of the stage stepped, then the method's after-step hook. Returns the terms
+    (tensors on the device, read once per epoch; a diverged step is found then, see run_epoch)."""
     with runtime.autocast():
         loss, terms = method.loss(stage.name, batch, step)
-    check_divergence(stage, terms, step, method.cfg, runtime)
     optimizers = [method.optimizers[n] for n in stage.optimizers]
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
@@ -246,12 +267,18 @@ class Loop:
 
     def run_epoch(self, stage: Stage, loaders, at: Step) -> dict:
         self.method.train_mode(True)
-        sums: dict[str, float] = defaultdict(float)
+        terms = StepTerms()
         for i, group in enumerate(zip(*(batches(loader, at.per_epoch) for loader in loaders))):
             batch = {name: {k: v.to(self.rt.device) for k, v in b.items() if k in ("image", "mask")}
                      for name, b in zip(stage.inputs, group)}
-            terms = train_step(self.method, stage, batch, Step(at.epoch, i, at.per_epoch, at.epochs), self.rt)
-            for k, v in terms.items():
+            terms.add(train_step(self.method, stage, batch, Step(at.epoch, i, at.per_epoch, at.epochs), self.rt))
+        rows = terms.read()
+        # a step that diverged is found here, at the epoch's end: the steps after it trained on
+        # nothing worth keeping, and the epoch is neither validated nor saved
+        check_divergence(stage, rows, at.epoch, self.cfg, self.rt)
+        sums: dict[str, float] = defaultdict(float)
+        for row in rows:
+            for k, v in row.items():
                 sums[k] += v
         return {k: self.rt.mean(v / at.per_epoch) for k, v in sums.items()}
 

@@ -96,8 +96,9 @@ class Method:
         raise NotImplementedError
 
     def loss(self, stage: str, batch: dict[str, dict[str, torch.Tensor]], step: Step
-             ) -> tuple[torch.Tensor, dict[str, float]]:
-        """The loss of one step and every term by name (floats, for the logs)."""
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+        """The loss of one step and every term by name, for the logs: detached tensors (the loop
+        reads them once per epoch, so a step never waits for the host) or plain floats."""
         raise NotImplementedError
 
     def after_step(self, stage: str, step: Step) -> None:

@@ -53,7 +53,7 @@ class CrossPseudoSupervision(Method):
             a, b = self.scores("a", x_u), self.scores("b", x_u)
             pseudo = cross(a, b) + cross(b, a)
         loss = sup + w * pseudo
-        return loss, {"loss": float(loss.detach()), "sup": float(sup.detach()), "cps": float(pseudo.detach()),
+        return loss, {"loss": loss.detach(), "sup": sup.detach(), "cps": pseudo.detach(),
                       "cps_weight": w}
 
     def pseudo_label_cost(self) -> int:

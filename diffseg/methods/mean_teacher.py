@@ -61,7 +61,7 @@ class MeanTeacher(Method):
             student_u = self.scores("student", x_u)
             cons = self.consistency(student_u, x_u, step)
         loss = sup + w * cons
-        return loss, {"loss": float(loss.detach()), "sup": float(sup.detach()), "consistency": float(cons.detach()),
+        return loss, {"loss": loss.detach(), "sup": sup.detach(), "consistency": cons.detach(),
                       "consistency_weight": w}
 
     def consistency(self, student_u: torch.Tensor, x_u: torch.Tensor, step: Step) -> torch.Tensor:

@@ -25,4 +25,4 @@ class Supervised(Method):
 
     def loss(self, stage: str, batch, step: Step):
         loss = losses.dice_ce(self.scores("net", batch["labeled"]["image"]), batch["labeled"]["mask"])
-        return loss, {"loss": float(loss.detach())}
+        return loss, {"loss": loss.detach()}

@@ -111,7 +111,7 @@ class DiffusionCPS(Method):
     def loss(self, stage: str, batch, step: Step):
         if stage == "pretrain":
             loss = cycle_loss(self.networks["teacher"], self.process, batch["images"]["image"])
-            return loss, {"loss": float(loss.detach())}
+            return loss, {"loss": loss.detach()}
         return self.cotrain_loss(batch["labeled"]["image"], batch["labeled"]["mask"], batch["unlabeled"]["image"],
                                  step)
 
@@ -155,7 +155,7 @@ class DiffusionCPS(Method):
         total = loss_u + loss_s
         terms |= {"loss": total, "loss_u": loss_u, "loss_s": loss_s, "sup_student": sup_s, "sup_teacher": sup_t,
                   "align_l": align_l, "rec_l": rec_l}
-        return total, {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()} | {
+        return total, {k: v.detach() if torch.is_tensor(v) else float(v) for k, v in terms.items()} | {
             "lambda_u": lam}
 
     def snapshot(self, x):
