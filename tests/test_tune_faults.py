@@ -120,9 +120,10 @@ def test_diverged_trial_is_a_result_not_retried_and_the_study_goes_on(ray_cluste
 
 
 def test_worker_killed_at_random_epochs_resumes_and_reports_every_epoch_once(ray_cluster, tmp_path):
-    """The Train worker process is killed (SIGKILL, by PID) at three random epochs of one trial:
-    each time the worker group restarts from the run folder's last checkpoint, every epoch
-    reaches Tune and Optuna exactly once, and the report counts the restarts as attempts."""
+    """The process that trains a one-worker trial (the trial's own) is killed (SIGKILL, by PID) at
+    three random epochs: each time Tune restarts the trial, which resumes from the run folder's
+    last checkpoint; every epoch reaches Tune and Optuna exactly once, and the report counts the
+    restarts as attempts. (The driver-kill test covers trials of two Train workers.)"""
     import random
 
     epochs, kills = 8, 3
@@ -178,10 +179,13 @@ def test_driver_killed_repeatedly_at_random_moments_loses_nothing(ray_cluster, t
     one record per trial."""
     import random
 
-    trials, epochs = 4, 3
+    # long enough (about a minute of training) that four kills, each after up to 12 s, land
+    # while trials still run: one-worker trials start in about a second
+    trials, epochs = 6, 3
     path = write_study(tmp_path / "dk.yaml", space={"train.lr": {"float": [0.003, 0.03], "log": True}},
                        trials=trials, concurrency=2, scheduler={"type": "none"}, max_failures=2,
-                       set={"method": "supervised", "train.epochs": epochs, "data.synthetic_count": 16})
+                       set={"method": "supervised", "train.epochs": epochs, "data.synthetic_count": 16,
+                            "train.iters_per_epoch": 40})
     storage, name = tmp_path / "studies", "dk"
     study_dir = storage / name
     rng = random.Random(0)
@@ -195,6 +199,12 @@ def test_driver_killed_repeatedly_at_random_moments_loses_nothing(ray_cluster, t
         return len(read_jsonl_safe(study_dir / "trials" / tid / "worker_starts.jsonl"))
 
     proc = start_tune("search", path, storage, ray_cluster)
+    # the first kill comes once the study exists (study.yaml): before it nothing is resumable, and
+    # on a loaded machine the checks before it can outlast the random wait
+    deadline = time.time() + 300
+    while not (study_dir / "study.yaml").exists() and time.time() < deadline:
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(0.05)
     for how in plan:
         before, t0 = summaries(), time.time()
         wait = rng.uniform(2.0, 12.0)

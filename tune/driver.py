@@ -20,6 +20,7 @@ import ray
 import ray.tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+from diffseg import durable
 from diffseg.config import ConfigError
 from diffseg.data import prepare
 
@@ -51,7 +52,7 @@ def search(study_file: str, overrides: list[str] | None = None, name: str | None
     # the cluster check comes before the folder exists: a refusal must not take the name
     tuner.connect(address, study.resources, verbose, study_dir.parent)
     study_dir.mkdir(parents=True, exist_ok=True)
-    (study_dir / "study.yaml").write_text(study.to_yaml())
+    durable.write_text(study_dir / "study.yaml", study.to_yaml())  # whole or absent, even if killed
     return _fit(build_tuner(study, study_dir), study, study_dir)
 
 
@@ -117,7 +118,7 @@ def close_lost_trials(ot: optuna.Study) -> None:
 
 
 def trainable(study: Study, study_dir: Path):
-    return tuner.trial_function(run_trial, study=study, study_dir=str(study_dir))
+    return tuner.trial_function(run_trial, study.resources, study=study, study_dir=str(study_dir))
 
 
 def searcher(study: Study, study_dir: Path) -> StudySearch:

@@ -23,7 +23,7 @@ def run(cells: dict[str, dict], resources: Resources, bench_dir: Path, address: 
         prepare(config_mod.from_dict(cfg).data, progress=True, root=data_root)
     setup = TrialSetup(resources, {"val_dice": "max"}, str(Path(data_root).resolve()) if data_root else "")
     tuner.connect(address, resources, False, bench_dir.parent)
-    trainable = tuner.trial_function(run_cell, cells=cells, setup=setup, bench_dir=str(bench_dir))
+    trainable = tuner.trial_function(run_cell, resources, cells=cells, setup=setup, bench_dir=str(bench_dir))
     progress = CellProgress(title, total or len(cells), done, resources.concurrency)
     tuner.build(trainable, resources, bench_dir, f"tune-{time.strftime('%Y%m%d-%H%M%S')}", [progress],
                 param_space={"cell": ray.tune.grid_search(list(cells))},

@@ -1,8 +1,10 @@
-"""Benchmark: one epoch's wall time inside a 1-worker TorchTrainer against the same epoch in-process.
+"""Benchmark: one epoch's wall time inside Ray against the same epoch in-process.
 
-Three runs of the same config in one invocation, one after the other (running them at once would
+Four runs of the same config in one invocation, one after the other (running them at once would
 make them compete for the cores): in-process without Ray, in-process beside an idle Ray instance,
-and in a 1-worker TorchTrainer given every core. Epoch times come from each run's metrics.jsonl, so the Ray
+in a 1-worker TorchTrainer given every core (how a trial of several workers runs), and as a
+one-worker Tune trial through the benchmark grid (how a one-worker trial or cell runs: in the
+trial's own process). Epoch times come from each run's metrics.jsonl, so the Ray
 figure excludes the worker start-up, which is reported separately as the whole-run wall time.
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ from diffseg.data import prepare
 from diffseg.loop import fit
 from diffseg.rundir import RunDir
 
+from . import grid
 from .resources import Resources, TrialSetup
 from .trial import torch_trainer
 
@@ -50,6 +53,10 @@ def measure_once(cfg, out_dir: Path) -> dict:
         t0 = time.time()
         torch_trainer(setup, cfg, out_dir / "torchtrainer", out_dir, "overhead").fit()  # outside Tune: no reports
         wall["torchtrainer"] = time.time() - t0
+        t0 = time.time()
+        grid.run({"overhead": config_mod.to_dict(cfg)}, setup.resources, out_dir / "grid")
+        wall["tune_trial"] = time.time() - t0
+        (out_dir / "tune_trial").symlink_to(out_dir / "grid" / "trials" / "overhead")
     finally:
         ray.shutdown()
     # the first epoch of each run carries one-off costs (allocator warm-up); compare the rest
@@ -58,11 +65,12 @@ def measure_once(cfg, out_dir: Path) -> dict:
     threads = re.search(r"(\d+) torch threads", log)
     return {"torch_threads_inprocess": torch.get_num_threads(),
             "torch_threads_torchtrainer": int(threads.group(1)) if threads else None,
-            **{f"epoch_s_{k}": round(v, 3) for k, v in epoch.items()},
+            **{f"epoch_s_{k}": round(v, 4) for k, v in epoch.items()},
             "epoch_ratio": round(epoch["torchtrainer"] / epoch["inprocess"], 3),
             "epoch_ratio_vs_ray_up": round(epoch["torchtrainer"] / epoch["inprocess_ray_up"], 3),
             **{f"run_s_{k}": round(v, 1) for k, v in wall.items()},
-            "run_ratio": round(wall["torchtrainer"] / wall["inprocess"], 3)}
+            "run_ratio": round(wall["torchtrainer"] / wall["inprocess"], 3),
+            "tune_trial_run_ratio": round(wall["tune_trial"] / wall["inprocess"], 3)}
 
 
 def measure(cfg, out_dir: Path, repeat: int = 1) -> dict:
@@ -74,7 +82,7 @@ def measure(cfg, out_dir: Path, repeat: int = 1) -> dict:
     for i in range(repeat):
         rounds.append(measure_once(cfg, out_dir / f"r{i}"))
         print(f"repeat {i + 1}/{repeat}: epoch ratio {rounds[-1]['epoch_ratio']}", flush=True)
-    keys = ("epoch_ratio", "epoch_ratio_vs_ray_up", "run_ratio")
+    keys = ("epoch_ratio", "epoch_ratio_vs_ray_up", "run_ratio", "tune_trial_run_ratio")
     return {"epochs": cfg.train.epochs, "repeats": repeat,
             **{f"median_{k}": round(statistics.median(r[k] for r in rounds), 3) for k in keys},
             "runs": rounds}

@@ -15,7 +15,7 @@ class Resources:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     concurrency: int = 1
-    max_failures: int = 1  # restarts of a failed worker group (and of a trial whose node was lost)
+    max_failures: int = 1  # restarts of a failed trial's workers (see tuner.trial_restarts)
 
     def check(self) -> "Resources":
         if self.cpus_per_worker <= 0 and self.gpus_per_worker <= 0:

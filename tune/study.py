@@ -181,7 +181,7 @@ class StudyFile:
     scheduler: Scheduler = field(default_factory=Scheduler)
     resources: WorkerSection = field(default_factory=WorkerSection)
     concurrency: int = spec(1, low=1)  # trials at once
-    max_failures: int = spec(1, low=0)  # restarts of a failed worker group per trial
+    max_failures: int = spec(1, low=0)  # restarts of a failed trial's workers (tuner.trial_restarts)
 
 
 def parse_study(data: dict, overrides=None, source: str = "", data_root: str = "", cache_dir: str = "",

@@ -39,11 +39,18 @@ def connect(address: str | None, resources: Resources, verbose: bool, storage_ro
         f"writable from every node")
 
 
-def trial_function(fn, **parameters):
-    """A trial function with its fixed parameters. It only waits on its TorchTrainer, so it asks
-    for no CPU (the workers get every core; the concurrency bounds how many run at once). Ray
-    wants a non-empty request: a little logical memory, roughly what that waiting process holds."""
-    return ray.tune.with_resources(ray.tune.with_parameters(fn, **parameters), {"CPU": 0, "memory": 256 * 2**20})
+def trial_function(fn, resources: Resources, **parameters):
+    """A trial function with its fixed parameters. A trial of one worker trains in its own
+    process, so it asks for that worker's CPUs and GPUs. A trial of several only waits on its
+    TorchTrainer, so it asks for no CPU (the workers get every core; the concurrency bounds how
+    many run at once); Ray wants a non-empty request: a little logical memory, roughly what that
+    waiting process holds."""
+    if resources.workers == 1:
+        ask = {"CPU": resources.cpus_per_worker} | ({"GPU": resources.gpus_per_worker}
+                                                    if resources.gpus_per_worker else {})
+    else:
+        ask = {"CPU": 0, "memory": 256 * 2**20}
+    return ray.tune.with_resources(ray.tune.with_parameters(fn, **parameters), ask)
 
 
 def build(trainable, resources: Resources, storage: Path, name: str, callbacks: list, *, num_samples: int = 1,
@@ -52,12 +59,23 @@ def build(trainable, resources: Resources, storage: Path, name: str, callbacks: 
     trial id), at most ``resources.concurrency`` at once, each restarted up to ``max_failures``
     times (a trial whose node was lost resumes from its run folder on the shared storage)."""
     name_of = trial_name or (lambda t: t.trial_id)
+    # a one-worker trial's process is kept for the next trial (torch imported once per slot)
     tune_config = ray.tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
                                       max_concurrent_trials=resources.concurrency,
+                                      reuse_actors=resources.workers == 1,
                                       trial_name_creator=name_of, trial_dirname_creator=name_of)
     run_config = ray.tune.RunConfig(name=name, storage_path=str(storage), callbacks=callbacks, verbose=0,
-                                    failure_config=ray.tune.FailureConfig(max_failures=resources.max_failures))
+                                    failure_config=ray.tune.FailureConfig(max_failures=trial_restarts(resources)))
     return ray.tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+
+
+def trial_restarts(resources: Resources) -> int:
+    """Tune's restarts of a failed trial. A trial of several workers has Train's restarts of its
+    worker group beneath these. A one-worker trial has no such layer: its process is its worker,
+    and a lost node can cost it two failures (the process, then a restart Tune placed on that
+    node before Ray had marked it dead; seen in one of two node-loss runs), so it gets twice the
+    restarts, the budget the two layers gave it before."""
+    return resources.max_failures * (2 if resources.workers == 1 else 1)
 
 
 class _DropHarmless(logging.Filter):

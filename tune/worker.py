@@ -1,8 +1,9 @@
-"""The per-worker training function: one Ray Train worker runs the diffseg core.
+"""Where the diffseg core runs in a study: in each Ray Train worker of a trial of several workers,
+or in the trial's own process when it has one worker (``work``).
 
-Ray enters the core only here, as a ``Runtime`` built from the worker's context: its rank, world
-size and device, where the data and cache are (the job's environment when empty), and a report
-callback that forwards each epoch's metrics to ``ray.train.report``.
+Ray enters the core only here, as a ``Runtime``: its rank, world size and device, where the data
+and cache are (the job's environment when empty), and a report callback that forwards each
+epoch's metrics to ``ray.train.report`` (or, in a one-worker trial, straight to Tune).
 """
 from __future__ import annotations
 
@@ -36,18 +37,24 @@ class Stopped(Exception):
 
 
 def train_loop(loop_cfg: dict) -> None:
+    """A Ray Train worker's function (trials of several workers)."""
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    cfg = config_mod.from_dict(loop_cfg["config"])
     run_dir = Path(loop_cfg["run_dir"])
-    log = _logger(run_dir, rank)
+    log = logger(run_dir, rank)
     ack = run_dir / ACK_FILE if loop_cfg.get("wait_for_ack") else None
     if ack is not None and rank == 0 and ack.exists() and ack.read_text().strip() == STOP:
         ack.unlink()  # a stop meant for an earlier attempt of this trial
-    runtime = Runtime(device=_device(), rank=rank, world_size=world, amp=loop_cfg.get("amp", True),
-                      report=_reporter(rank, ack, log, run_dir), data_root=loop_cfg["data_root"],
-                      cache_dir=loop_cfg["cache_dir"])
-    log(f"ray train worker rank {rank} of {world} on {runtime.device}, {torch.get_num_threads()} torch threads")
+    work(loop_cfg, rank, world, _device(), _reporter(rank, ack, log, run_dir), log, "ray train worker")
+
+
+def work(loop_cfg: dict, rank: int, world: int, device: torch.device, report, log, where: str) -> None:
+    """Run the core on one rank: a Train worker's, or a one-worker trial's own process."""
+    cfg = config_mod.from_dict(loop_cfg["config"])
+    run_dir = Path(loop_cfg["run_dir"])
+    runtime = Runtime(device=device, rank=rank, world_size=world, amp=loop_cfg.get("amp", True),
+                      report=report, data_root=loop_cfg["data_root"], cache_dir=loop_cfg["cache_dir"])
+    log(f"{where} rank {rank} of {world} on {runtime.device}, {torch.get_num_threads()} torch threads")
     _record_nodes(run_dir, runtime)
     try:
         _run(cfg, run_dir, runtime, loop_cfg, log)
@@ -91,6 +98,11 @@ def _device() -> torch.device:
 
         return ray.train.torch.get_device()
     return torch.device("cpu")
+
+
+def trial_device() -> torch.device:
+    """A one-worker trial's device: Ray shows the process only the GPUs it was given."""
+    return torch.device("cuda") if torch.cuda.is_available() and ray.get_gpu_ids() else torch.device("cpu")
 
 
 def _record_nodes(run_dir: Path, runtime: Runtime) -> None:
@@ -181,7 +193,7 @@ def _wait_for_ack(ack: Path, epoch: int, log) -> str:
     return "go"
 
 
-def _logger(run_dir: Path, rank: int):
+def logger(run_dir: Path, rank: int):
     """Rank 0 writes ``train.log`` in the run folder; the study driver prints the per-epoch lines."""
     def log(msg: str) -> None:
         if rank:
