@@ -55,7 +55,10 @@ class StudySearch(OptunaSearch):
         epoch = int(result.get("epoch", 0))
         done = self._reported.setdefault(trial_id, set())
         if self.metric in result and "epoch" in result and epoch not in done:
-            self._ot_trials[trial_id].report(result[self.metric], epoch)
+            # a resumed study replays results of a trial that a killed driver had already told
+            # Optuna as ended (Tune's saved state lagged): Optuna has them, and refuses more
+            if not self._finished_in_journal(trial_id):
+                self._ot_trials[trial_id].report(result[self.metric], epoch)
             done.add(epoch)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
