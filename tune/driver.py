@@ -129,7 +129,7 @@ def searcher(study: Study, study_dir: Path) -> StudySearch:
                        metric=study.metrics if multi else study.metric,
                        mode=study.modes if multi else study.mode,
                        sampler=sampler, study_name=study.name, storage=journal(study_dir),
-                       max_epochs=study.max_epochs)
+                       max_epochs=study.max_epochs, budget=study.trials)
 
 
 def build_tuner(study: Study, study_dir: Path) -> ray.tune.Tuner:

@@ -68,7 +68,7 @@ def measure_once(cfg, out_dir: Path) -> dict:
             **{f"epoch_s_{k}": round(v, 4) for k, v in epoch.items()},
             "epoch_ratio": round(epoch["torchtrainer"] / epoch["inprocess"], 3),
             "epoch_ratio_vs_ray_up": round(epoch["torchtrainer"] / epoch["inprocess_ray_up"], 3),
-            **{f"run_s_{k}": round(v, 1) for k, v in wall.items()},
+            **{f"run_s_{k}": round(v, 3) for k, v in wall.items()},
             "run_ratio": round(wall["torchtrainer"] / wall["inprocess"], 3),
             "tune_trial_run_ratio": round(wall["tune_trial"] / wall["inprocess"], 3)}
 

@@ -10,13 +10,14 @@ COMPLETE with the worst value its worker reported, and the reason as the user at
 from __future__ import annotations
 
 from optuna.trial import TrialState
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 
 class StudySearch(OptunaSearch):
-    def __init__(self, *args, max_epochs: int, **kwargs):
+    def __init__(self, *args, max_epochs: int, budget: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
-        self.max_epochs = max_epochs
+        self.max_epochs, self.budget = max_epochs, budget  # budget: the study's trials (0: no cap)
         self._reported: dict[str, set[int]] = {}  # epochs told to Optuna, per trial
 
     def suggest(self, trial_id: str):
@@ -24,6 +25,11 @@ class StudySearch(OptunaSearch):
             orphan = self._orphan()
             if orphan is not None:  # its parameters were drawn already: the new Tune trial runs them
                 self._ot_trials[trial_id] = orphan
+            elif self.budget and len(self._ot_study.get_trials(deepcopy=False)) >= self.budget:
+                # every trial of the budget was asked already and is known or reused: a restored
+                # search state older than Tune's would otherwise ask one more (seen: a seventh
+                # trial of six, drawing the same parameters as an earlier one)
+                return Searcher.FINISHED
         params = super().suggest(trial_id)
         if trial_id in self._ot_trials:  # lets the report join Tune trials to Optuna trials
             self._ot_trials[trial_id].set_user_attr("tune_trial_id", trial_id)
