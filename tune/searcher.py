@@ -9,6 +9,7 @@ COMPLETE with the worst value its worker reported, and the reason as the user at
 """
 from __future__ import annotations
 
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
@@ -61,10 +62,12 @@ class StudySearch(OptunaSearch):
         epoch = int(result.get("epoch", 0))
         done = self._reported.setdefault(trial_id, set())
         if self.metric in result and "epoch" in result and epoch not in done:
-            # a resumed study replays results of a trial that a killed driver had already told
-            # Optuna as ended (Tune's saved state lagged): Optuna has them, and refuses more
-            if not self._finished_in_journal(trial_id):
+            try:
                 self._ot_trials[trial_id].report(result[self.metric], epoch)
+            except UpdateFinishedTrialError:
+                # a resumed study replays results of a trial that a killed driver had already
+                # told Optuna as ended (Tune's saved state lagged): Optuna has them already
+                pass
             done.add(epoch)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
