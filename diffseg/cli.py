@@ -53,7 +53,8 @@ def cmd_train(args, extra=None) -> None:
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg)
     summary = fit(cfg, run_dir, _runtime(args), pretrained=args.pretrained)
     print(f"summary: {run_dir / 'summary.json'}")
-    print(f"final test dice {summary['test']['dice']:.4f} (val {summary['val']['dice']:.4f})")
+    val = f" (val {summary['val']['dice']:.4f})" if summary.get("val") else " (no validation split)"
+    print(f"final test dice {summary['test']['dice']:.4f}{val}")
 
 
 def cmd_debug(args) -> None:

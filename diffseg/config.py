@@ -30,9 +30,20 @@ class DataConfig:
     # (for images much larger than size, where shrinking the whole image loses small structures)
     scale: float = spec(0.0, low=0.0, high=4.0)
     val_ratio: float = spec(0.15, low=0.0, high=1.0)
+    # where validation comes from: "train", carved before the labeled subset is drawn, or
+    # "unlabeled", carved after it from the rest (the labeled subset is then the one a run
+    # without validation draws: the reproduction's honest protocol keeps the authors' subsets)
+    val_from: str = spec("train", choices=("train", "unlabeled"))
     labeled_ratio: float = spec(0.1, low=0.0, high=1.0)
     labeled_count: int = spec(0, low=0)  # > 0 overrides labeled_ratio
     split_seed: int = 0
+    # how the labeled subset is drawn from the training pool: "hashed" (a sha256 order of the
+    # names, the same on every machine) or "shuffled" (the sorted names shuffled by Python's
+    # random.Random(split_seed), the first ceil(N * ratio) labeled: the authors' XNet-based code)
+    labeled_draw: str = spec("hashed", choices=("hashed", "shuffled"))
+    # per-channel normalisation of 2D images in [0, 1]; empty: the training split's own statistics
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
     augment: bool = True
     intensity_jitter: float = spec(0.0, low=0.0)  # 0 disables brightness/contrast jitter
     synthetic_count: int = spec(48, low=1, high=100_000)  # images made by the synthetic dataset
@@ -58,6 +69,11 @@ class EvalConfig:
     # or "training" (the paper's way: pooled at the training size, on resized masks)
     resolution: str = spec("original", choices=("original", "training"))
     overlap: float = spec(0.25, low=0.0)  # sliding-window overlap when data.scale > 0 (Gaussian blending)
+    # validate (and so select) every N epochs of the selecting stage, and always after its last
+    every: int = spec(1, low=1, high=1_000_000)
+    # the threshold grid (start, stop, step) searched on the selecting split by pooled Jaccard;
+    # the authors' code searched 0 to 0.88
+    thresholds: tuple[float, ...] = (0.02, 0.98, 0.02)
 
 
 @dataclass(frozen=True)
@@ -67,7 +83,9 @@ class ModelConfig:
     dropout: bool = True
     # the network a method trains: "unet" is the U-Net of the paper's networks (its width and
     # depth; the paper's method adds time and mask inputs), "timm" a U-Net decoder on a timm encoder
-    arch: str = spec("unet", choices=("unet", "timm"))
+    # "xnet_unet": the U-Net of the XNet code the published GlaS baselines ran on
+    # (UNet_Transposed_Leaky: width-16 levels 16-256, bilinear decoder; nets.XNetUNet)
+    arch: str = spec("unet", choices=("unet", "timm", "xnet_unet"))
     timm_encoder: str = "resnet18"
     timm_weights: str = ""  # local weights file for the timm encoder; never downloaded
 
@@ -77,6 +95,16 @@ class LossConfig:
     # epochs over which every method ramps its unlabeled-loss weight up to full;
     # 0 = all stage-2 epochs (the paper's ramp, and SSL4MIS's for the baselines)
     ramp_epochs: int = spec(0, low=0, high=1_000_000)
+    # the baselines' ramp: "sigmoid", exp(-5 (1 - x)^2) (SSL4MIS), or "linear", (t + 1) / length
+    # (the authors' XNet scripts: weight * (epoch + 1) / epochs). The paper's method ramps
+    # linearly by epoch, as METHOD.md says, whatever these two keys say
+    ramp: str = spec("sigmoid", choices=("sigmoid", "linear"))
+    # what the baselines' ramps count (the unlabeled weight, UA-MT's threshold, the EMA decay's
+    # warm-up): optimizer steps (SSL4MIS) or epochs (the authors' scripts)
+    ramp_per: str = spec("step", choices=("step", "epoch"))
+    # the baselines' loss on labels: "dice_ce", (cross-entropy + Dice) / 2 (SSL4MIS), or "dice",
+    # the XNet scripts' Dice loss alone (squared denominators, smooth 1, per image; losses.xnet_dice)
+    supervised: str = spec("dice_ce", choices=("dice_ce", "dice"))
 
 
 @dataclass(frozen=True)
@@ -88,8 +116,15 @@ class StageConfig:
     warmup_epochs: int = 20
     decay_every: int = 50  # halve the learning rate every N epochs after warm-up
     iters_per_epoch: int = spec(0, low=0, high=10**7)  # 0: one pass over the stage's first input
-    # adam (the paper's) or sgd (momentum 0.9, weight decay 1e-4: SSL4MIS's baselines)
+    # adam (the paper's) or sgd (SSL4MIS's baselines)
     optimizer: str = spec("adam", choices=("adam", "sgd"))
+    momentum: float = spec(0.9, low=0.0, high=1.0)  # SGD only
+    weight_decay: float = spec(1e-4, low=0.0, high=1.0)  # SGD only (Adam runs without, as in the paper)
+    # "halving": linear warm-up to lr over warmup_epochs, then halved every decay_every epochs
+    # (the paper); "gradual_warmup": the authors' GradualWarmupScheduler around StepLR as their
+    # scripts step it: lr 0 in epoch 0, lr * e / warmup_epochs up to it, then halved every
+    # decay_every epochs counted from the epoch after warmup_epochs + 1 (REPRODUCE.md's table)
+    schedule: str = spec("halving", choices=("halving", "gradual_warmup"))
 
 
 # the core of every config; method sections are added after these (register_section)
@@ -180,6 +215,13 @@ def validate(cfg):
                                  or not all(0 < v < float("inf") for v in flat["data.spacing"])):
         raise ConfigError(f"config key 'data.spacing' must be empty or three positive millimetre values, "
                           f"got {list(flat['data.spacing'])}")
+    if len(flat["data.mean"]) != len(flat["data.std"]) or any(v <= 0 for v in flat["data.std"]):
+        raise ConfigError(f"config keys 'data.mean' and 'data.std' must be empty or of one length per "
+                          f"channel with positive std, got {list(flat['data.mean'])} and {list(flat['data.std'])}")
+    start, stop, step = (flat["eval.thresholds"] + (0.0, 0.0, 0.0))[:3]
+    if len(flat["eval.thresholds"]) != 3 or not (0 <= start <= stop < 1 and step > 0):
+        raise ConfigError(f"config key 'eval.thresholds' must be (start, stop, step) with 0 <= start <= stop < 1 "
+                          f"and step > 0, got {list(flat['eval.thresholds'])}")
     if flat["data.size"] % (2 ** flat["model.depth"]):
         raise ConfigError(f"config key 'data.size' = {flat['data.size']} must be divisible by "
                           f"2**model.depth = {2 ** flat['model.depth']}")

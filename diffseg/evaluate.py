@@ -8,8 +8,13 @@ import torch
 from .data.truth import Truth, upsample  # noqa: F401 (re-exported: evaluate.Truth, evaluate.upsample)
 from .metrics import SetMetrics
 
-# the threshold grid; a choice at either end is reported, since the best may lie beyond it
-THRESHOLDS = np.round(np.arange(0.02, 0.98 + 1e-9, 0.02), 2)
+def grid(start: float, stop: float, step: float) -> np.ndarray:
+    """The thresholds start, start + step, ... up to stop (config key ``eval.thresholds``)."""
+    return np.round(np.arange(start, stop + 1e-9, step), 6)
+
+
+# the default threshold grid; a choice at either end is reported, since the best may lie beyond it
+THRESHOLDS = grid(0.02, 0.98, 0.02)
 
 
 @torch.no_grad()
@@ -46,13 +51,13 @@ def slide(probabilities, x: torch.Tensor, window, overlap: float, batch_size: in
                                     mode="gaussian", padding_mode="constant")
 
 
-def best_threshold(probs, gts, fovs) -> tuple[float, float]:
+def best_threshold(probs, gts, fovs, thresholds: np.ndarray = THRESHOLDS) -> tuple[float, float]:
     """The grid threshold maximising pooled Jaccard; returns (t, Jaccard). One pass over the
     pixels: each is binned by how many grid values lie below it, so ``p > t_k`` is a suffix sum."""
-    pos = np.zeros(len(THRESHOLDS) + 1, np.int64)  # foreground pixels per bin
-    neg = np.zeros(len(THRESHOLDS) + 1, np.int64)
+    pos = np.zeros(len(thresholds) + 1, np.int64)  # foreground pixels per bin
+    neg = np.zeros(len(thresholds) + 1, np.int64)
     for p, g, f in zip(probs, gts, fovs):
-        bins = np.searchsorted(THRESHOLDS, p[f], side="left")  # thresholds strictly below p
+        bins = np.searchsorted(thresholds, p[f], side="left")  # thresholds strictly below p
         gt = g[f]
         pos += np.bincount(bins[gt], minlength=len(pos))
         neg += np.bincount(bins[~gt], minlength=len(neg))
@@ -60,7 +65,7 @@ def best_threshold(probs, gts, fovs) -> tuple[float, float]:
     above_neg = np.cumsum(neg[::-1])[::-1]
     total_pos = pos.sum()
     best = (0.5, -1.0)
-    for k, t in enumerate(THRESHOLDS):
+    for k, t in enumerate(thresholds):
         inter, pred = above_pos[k + 1], above_pos[k + 1] + above_neg[k + 1]
         union = pred + total_pos - inter
         jac = 1.0 if union == 0 else inter / union
@@ -69,8 +74,8 @@ def best_threshold(probs, gts, fovs) -> tuple[float, float]:
     return best
 
 
-def at_edge(threshold: float) -> bool:
-    return threshold in (float(THRESHOLDS[0]), float(THRESHOLDS[-1]))
+def at_edge(threshold: float, thresholds: np.ndarray = THRESHOLDS) -> bool:
+    return threshold in (float(thresholds[0]), float(thresholds[-1]))
 
 
 def score(probs, gts, fovs, threshold: float, spacings=None, surface: bool = True) -> dict:

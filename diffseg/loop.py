@@ -27,12 +27,19 @@ from .selection import Selection
 
 
 def lr_at(stage_cfg, epoch: int) -> float:
-    """Linear warm-up, then halve every ``decay_every`` epochs (paper: 20, 50)."""
-    if epoch < stage_cfg.warmup_epochs:
-        return stage_cfg.lr * (epoch + 1) / stage_cfg.warmup_epochs
-    if stage_cfg.decay_every > 0:
-        return stage_cfg.lr * 0.5 ** ((epoch - stage_cfg.warmup_epochs) // stage_cfg.decay_every)
-    return stage_cfg.lr
+    """The stage's learning rate in ``epoch`` (0-based), by ``schedule``."""
+    warm, every, lr = stage_cfg.warmup_epochs, stage_cfg.decay_every, stage_cfg.lr
+    if stage_cfg.schedule == "gradual_warmup":
+        # the authors' GradualWarmupScheduler(multiplier 1) around StepLR, stepped once per
+        # epoch after it: 0 first, a linear climb, then the step decay one epoch late
+        if epoch < warm:
+            return lr * epoch / warm
+        return lr * 0.5 ** max(0, (epoch - warm - 1) // every) if every > 0 else lr
+    if epoch < warm:  # linear warm-up, then halve every ``decay_every`` epochs (paper: 20, 50)
+        return lr * (epoch + 1) / warm
+    if every > 0:
+        return lr * 0.5 ** ((epoch - warm) // every)
+    return lr
 
 
 def iterations(n_images: int, batch: int, world: int, override: int) -> int:
@@ -248,19 +255,20 @@ class Loop:
             logs = self.run_epoch(stage, loaders, Step(e, 0, iters, scfg.epochs))
             for net in self.method.networks.values():
                 self.rt.broadcast_state(net)
+            validates = selects and sel.due(e, scfg.epochs)
             # scored once, on rank 0, and shared: every rank keeps the same selection state
             scores, sel.best = self.rt.share(
-                ((sel.validate(e, self.writer) if selects else sel.monitor(stage)), sel.best)
+                ((sel.validate(e, self.writer) if validates else {} if selects else sel.monitor(stage)), sel.best)
                 if self.rt.is_main else None)
             self.epoch += 1
             metrics = logs | scores | {"lr": lr}
             self.record(stage, e, metrics, time.time() - t0)
             self.log(self.progress_line(stage, e, scfg.epochs, metrics, time.time() - t0))
-            if selects:
+            if validates:  # an epoch without validation has nothing to report (eval.every)
                 self.last_report = metrics | {
                     "epoch": e + 1, "epoch_s": time.time() - t0, "pl_cost": self.method.pseudo_label_cost()}
             self.save()
-            if selects and self.epoch < scfg.epochs:
+            if validates and self.epoch < scfg.epochs:
                 # the last epoch is reported after the summary (see fit): a scheduler that stops
                 # the trial on it must find its test score written
                 self.rt.report(self.last_report)

@@ -33,6 +33,24 @@ def dice_ce(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return 0.5 * (F.cross_entropy(scores.float(), mask.long()) + dice_loss(scores, one_hot(mask, scores.shape[1])))
 
 
+def xnet_dice(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The Dice loss of the XNet code the published GlaS baselines ran on (its ``DiceLoss``):
+    softmax, then per class and per image 1 - (2 sum(p t) + 1) / (sum(p^2) + sum(t^2) + 1),
+    averaged over the batch, then over the classes of the target's one-hot. That one-hot is taken
+    without a class count, as theirs: a batch whose labels are all 0 scores background alone."""
+    probs = scores.float().softmax(1)
+    target = channels_first(F.one_hot(labels.long()))  # (B, max label + 1, ...), as F.one_hot gives it
+    classes = target.shape[1]
+    p, t = probs[:, :classes].flatten(2), target.flatten(2).float()
+    per_image = 1 - (2 * (p * t).sum(2) + 1) / ((p ** 2).sum(2) + (t ** 2).sum(2) + 1)  # (B, classes)
+    return per_image.mean(0).sum() / classes
+
+
+def supervised(kind: str, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The loss on labels that config key ``loss.supervised`` names."""
+    return xnet_dice(scores, mask) if kind == "dice" else dice_ce(scores, mask)
+
+
 def softmax_mse(scores: torch.Tensor, target_scores: torch.Tensor) -> torch.Tensor:
     """Element-wise squared difference of the two softmax maps (B, K, ...); the target is detached."""
     return (scores.float().softmax(1) - target_scores.detach().float().softmax(1)) ** 2

@@ -93,6 +93,12 @@ def build_segmenter(model_cfg, channels: int, dims: int, classes: int = 2) -> nn
     m = model_cfg
     if m.arch == "unet":
         return UNet(channels, classes, m.width, m.depth, m.dropout, time_embedding=False, dims=dims)
+    if m.arch == "xnet_unet":
+        from .xnet_unet import XNetUNet
+
+        if dims != 2:
+            raise ValueError("model.arch=xnet_unet is a 2D network")
+        return XNetUNet(channels, classes, m.width, m.depth, m.dropout)
     from .timm_unet import TimmUNet  # timm is imported only when asked for
 
     return TimmUNet(m.timm_encoder, channels, classes, m.timm_weights)

@@ -64,6 +64,9 @@ def coerce(key: str, value: Any, typ: Any, noun: str = "config key") -> Any:
     elif typ is dict:
         if isinstance(value, dict):
             return value
+    elif typ is tuple:  # a YAML list of anything (its reader checks the entries)
+        if isinstance(value, (list, tuple)):
+            return tuple(value)
     elif typing.get_origin(typ) is tuple:  # tuple[int, ...] or tuple[float, ...]: a YAML list
         inner = typing.get_args(typ)[0]
         if isinstance(value, str):

@@ -20,6 +20,7 @@ class Selection:
         self.cfg, self.method, self.data, self.rd, self.rt, self.log = cfg, method, data, run_dir, runtime, log
         self.split = "test" if cfg.protocol == "paper" else "val"
         self.best: dict | None = None  # predictor, epoch, dice, split, threshold of the kept model
+        self.thresholds = evaluate.grid(*cfg.eval.thresholds)
         self._truth: dict[str, Truth] = {}
 
     def truth(self, part: str) -> Truth:
@@ -34,13 +35,18 @@ class Selection:
                                      overlap=self.cfg.eval.overlap)
         return self.truth(part).resize(probs)
 
+    def due(self, epoch: int, epochs: int) -> bool:
+        """Whether the selecting stage validates after ``epoch``: every ``eval.every`` epochs
+        (counted from 1, as the authors' ``--validate_iter``) and after the last."""
+        return (epoch + 1) % self.cfg.eval.every == 0 or epoch + 1 == epochs
+
     def validate(self, epoch: int, writer=None) -> dict:
         """Score every predictor on the selecting split; keep the best so far as best.pt. Metric
         names carry the split they come from (``test_`` under protocol=paper)."""
         sel, out, truth = self.split, {}, self.truth(self.split)
         for name in self.method.predictors:
             probs = self.probabilities(name, sel)
-            thr, _ = evaluate.best_threshold(probs, truth.gts, truth.fovs)
+            thr, _ = evaluate.best_threshold(probs, truth.gts, truth.fovs, self.thresholds)
             dice = evaluate.score(probs, truth.gts, truth.fovs, thr, surface=False)["dice"]
             out[f"{sel}_dice_{name}"], out[f"{sel}_threshold_{name}"] = dice, thr
             if self.best is None or dice > self.best["dice"]:
@@ -75,10 +81,10 @@ class Selection:
                    "counts": self.data.splits.counts(), "selected": kept.selected, "wall_s": round(seconds, 1),
                    "device": str(self.rt.device), "peak_memory_mb": round(peak_memory_mb(self.rt.device), 1),
                    "pl_cost": self.method.pseudo_label_cost()}
-        if evaluate.at_edge(kept.threshold):
+        if evaluate.at_edge(kept.threshold, self.thresholds):
             summary["selected"] = kept.selected | {"threshold_at_edge": True}
             summary["threshold_note"] = (f"the threshold {kept.threshold:.2f} sits at the end of the grid "
-                                         f"({evaluate.THRESHOLDS[0]:.2f}-{evaluate.THRESHOLDS[-1]:.2f}): the "
+                                         f"({self.thresholds[0]:.2f}-{self.thresholds[-1]:.2f}): the "
                                          f"model's probabilities are poorly calibrated")
         if cfg.protocol == "paper":
             summary["note"] = PAPER_NOTE

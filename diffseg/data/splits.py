@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,8 +38,14 @@ def _shuffled(names, seed: int, salt: str) -> list[str]:
 
 
 def make_splits(train: list[str], test: list[str], *, val_ratio: float, labeled_ratio: float,
-                labeled_count: int, seed: int) -> Splits:
-    """Carve validation from training, then the labeled subset (at least one image) from the rest."""
+                labeled_count: int, seed: int, draw: str = "hashed", val_from: str = "train") -> Splits:
+    """Validation, the labeled subset (at least one image) and the unlabeled rest of the
+    training split. ``val_from`` "train": validation is carved first and the labeled subset
+    drawn from the rest; "unlabeled": the labeled subset is drawn from the whole training split
+    first, so it is the same as in a run without validation, and validation is carved from what
+    is left. ``draw`` "hashed" orders names by a hash; "shuffled" as the authors' code drew its
+    labeled subset: the sorted names shuffled by ``random.Random(seed)`` (REPRODUCE.md: their
+    ``os.listdir`` order cannot be recovered, sorted order stands in for it)."""
     if not train:
         raise DataError("the training split is empty")
     n_val = round(len(train) * val_ratio)
@@ -46,8 +53,12 @@ def make_splits(train: list[str], test: list[str], *, val_ratio: float, labeled_
         n_val = max(1, n_val)
     if n_val >= len(train):
         raise DataError(f"data.val_ratio={val_ratio} leaves no training images out of {len(train)}")
-    order = _shuffled(train, seed, "val")
-    val, pool = sorted(order[:n_val]), order[n_val:]
+
+    def carve(names: list[str]) -> tuple[list[str], list[str]]:
+        order = _shuffled(names, seed, "val")
+        return sorted(order[:n_val]), order[n_val:]
+
+    val, pool = carve(train) if val_from == "train" else ([], list(train))
     if labeled_count > 0:
         n_lab = labeled_count
         what = f"data.labeled_count={labeled_count}"
@@ -56,7 +67,15 @@ def make_splits(train: list[str], test: list[str], *, val_ratio: float, labeled_
         what = f"data.labeled_ratio={labeled_ratio}"
     if n_lab < 1:
         raise DataError(f"{what} leaves no labeled image (training pool of {len(pool)})")
-    if n_lab > len(pool):
-        raise DataError(f"{what} asks for {n_lab} labeled images but the training pool has {len(pool)}")
-    order = _shuffled(pool, seed, "labeled")
-    return Splits(tuple(sorted(order[:n_lab])), tuple(sorted(order[n_lab:])), tuple(val), tuple(sorted(test)))
+    if n_lab + (n_val if val_from == "unlabeled" else 0) > len(pool):
+        raise DataError(f"{what} asks for {n_lab} labeled images but the training pool has {len(pool)}"
+                        + (f" less {n_val} for validation" if val_from == "unlabeled" else ""))
+    if draw == "shuffled":
+        order = sorted(pool)
+        random.Random(seed).shuffle(order)
+    else:
+        order = _shuffled(pool, seed, "labeled")
+    labeled, rest = order[:n_lab], order[n_lab:]
+    if val_from == "unlabeled":
+        val, rest = carve(rest)
+    return Splits(tuple(sorted(labeled)), tuple(sorted(rest)), tuple(val), tuple(sorted(test)))

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from . import augment, cache, splits as splits_mod, sources
+from ..errors import DataError
 from .store import StoreItems
 from .truth import Truth
 
@@ -102,6 +103,9 @@ def prepare(data_cfg, seed_splits: splits_mod.Splits | None = None, progress: bo
     if source.dim == 3:
         from .volumes import PreparedVolumes, ensure
 
+        if data_cfg.mean:
+            raise DataError("config keys 'data.mean' and 'data.std' normalise 2D images; volumes are "
+                            "normalised by their own source (LA: z-scored per volume)")
         path = ensure(source, str(cache_dir or ""), progress)
         with cache.open_cache(path) as fh:
             names = [n.decode() for n in fh["names"][()]]
@@ -113,6 +117,11 @@ def prepare(data_cfg, seed_splits: splits_mod.Splits | None = None, progress: bo
     with cache.open_cache(path) as fh:
         names = [n.decode() for n in fh["names"][()]]
         mean, std = np.asarray(fh.attrs["mean"]), np.asarray(fh.attrs["std"])
+    if data_cfg.mean:  # fixed statistics (a published recipe's), one per channel
+        if len(data_cfg.mean) != len(mean):
+            raise DataError(f"config key 'data.mean' has {len(data_cfg.mean)} values; dataset "
+                            f"'{source.dataset}' has {len(mean)} channels")
+        mean, std = np.asarray(data_cfg.mean, np.float32), np.asarray(data_cfg.std, np.float32)
     return PreparedData(source, path, splits, {n: i for i, n in enumerate(names)}, mean, std,
                         window=(data_cfg.size, data_cfg.size) if data_cfg.scale > 0 else ())
 
@@ -120,4 +129,5 @@ def prepare(data_cfg, seed_splits: splits_mod.Splits | None = None, progress: bo
 def make_run_splits(source: sources.Source, data_cfg) -> splits_mod.Splits:
     return splits_mod.make_splits(source.names("train"), source.names("test"),
                                   val_ratio=data_cfg.val_ratio, labeled_ratio=data_cfg.labeled_ratio,
-                                  labeled_count=data_cfg.labeled_count, seed=data_cfg.split_seed)
+                                  labeled_count=data_cfg.labeled_count, seed=data_cfg.split_seed,
+                                  draw=data_cfg.labeled_draw, val_from=data_cfg.val_from)

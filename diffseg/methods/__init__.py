@@ -46,9 +46,12 @@ def check(cfg) -> None:
     """The table's own names, then every method's combinations (a config holds every section)."""
     if cfg.method not in METHODS:
         raise ConfigError(f"config key 'method' = {cfg.method!r}; choose one of {', '.join(METHODS)}")
-    if cfg.model.arch == "timm" and dataset_dims(cfg.data.dataset) == 3:
-        raise ConfigError(f"config key 'model.arch' = 'timm' is 2D only; dataset '{cfg.data.dataset}' is 3D "
-                          f"volumes: use model.arch=unet")
+    if cfg.model.arch in ("timm", "xnet_unet") and dataset_dims(cfg.data.dataset) == 3:
+        raise ConfigError(f"config key 'model.arch' = '{cfg.model.arch}' is 2D only; dataset '{cfg.data.dataset}' "
+                          f"is 3D volumes: use model.arch=unet")
+    if cfg.model.arch == "xnet_unet" and cfg.model.depth > 4:
+        raise ConfigError(f"config key 'model.depth' = {cfg.model.depth}: the XNet U-Net (model.arch=xnet_unet) "
+                          f"has at most 4 down-sampling stages")
     for cls in METHODS.values():
         cls.check(cfg)
 

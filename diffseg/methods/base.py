@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Optional
 import torch
 from torch import nn
 
+from .. import losses
 from ..data.sources import dims as dataset_dims
 
 # images (B, C, *spatial) and an optional generator for any noise it draws -> class scores (B, K, *spatial)
@@ -51,6 +52,23 @@ class Step:
     def ramp_steps(self, ramp_epochs: int) -> int:
         """Length of a ramp in steps; ``ramp_epochs`` 0 spans the whole stage."""
         return max(1, (ramp_epochs or self.epochs) * self.per_epoch)
+
+    def count(self, per: str) -> int:
+        """Where the step sits in what ramps count (config key ``loss.ramp_per``)."""
+        return self.epoch if per == "epoch" else self.global_step
+
+    def length(self, per: str, ramp_epochs: int = 0) -> int:
+        """A ramp's length in what ramps count; ``ramp_epochs`` 0 spans the whole stage."""
+        return max(1, ramp_epochs or self.epochs) if per == "epoch" else self.ramp_steps(ramp_epochs)
+
+
+def ramp(loss_cfg, step: Step) -> float:
+    """The factor in [0, 1] of an unlabeled-loss weight at ``step`` (``loss.ramp`` over
+    ``loss.ramp_epochs``, counted in ``loss.ramp_per``)."""
+    at, length = step.count(loss_cfg.ramp_per), step.length(loss_cfg.ramp_per, loss_cfg.ramp_epochs)
+    if loss_cfg.ramp == "linear":
+        return min(1.0, (at + 1) / length)
+    return sigmoid_ramp(at, length)
 
 
 def sigmoid_ramp(current: float, length: float) -> float:
@@ -137,8 +155,12 @@ class Method:
         scfg = getattr(self.cfg, section)
         params = [p for n in names for p in self.networks[n].parameters()]
         if scfg.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=scfg.lr, momentum=0.9, weight_decay=1e-4)
+            return torch.optim.SGD(params, lr=scfg.lr, momentum=scfg.momentum, weight_decay=scfg.weight_decay)
         return torch.optim.Adam(params, lr=scfg.lr)
+
+    def supervised_loss(self, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The loss on labels of a baseline (config key ``loss.supervised``)."""
+        return losses.supervised(self.cfg.loss.supervised, scores, mask)
 
     def pseudo_label_cost(self) -> int:
         """Network evaluations per unlabeled image to make its training targets (0: none)."""

@@ -16,18 +16,25 @@ import torch.nn.functional as F
 from .. import losses
 from ..schema import spec
 from ..nets import build_segmenter
-from .base import Method, Stage, Step, sigmoid_ramp
+from .base import Method, Stage, Step, ramp
 
 
-def cross(scores: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of ``scores`` against the other network's hard label (no gradient to it)."""
-    return F.cross_entropy(scores.float(), other.detach().argmax(1))
+def cross(scores: torch.Tensor, other: torch.Tensor, kind: str = "ce") -> torch.Tensor:
+    """The loss of ``scores`` against the other network's hard label (no gradient to it):
+    cross-entropy, or the XNet scripts' Dice loss (``kind`` "dice")."""
+    label = other.detach().argmax(1)
+    if kind == "dice":
+        return losses.xnet_dice(scores, label)
+    return F.cross_entropy(scores.float(), label)
 
 
 @dataclass(frozen=True)
 class Settings:
     """Cross pseudo supervision of two networks (SSL4MIS's train_cross_pseudo_supervision_2D.py)."""
-    consistency: float = spec(0.1, low=0.0)  # weight of the two cross cross-entropy terms, ramped by a sigmoid
+    consistency: float = spec(0.1, low=0.0)  # weight of the two cross terms, ramped (loss.ramp)
+    # the loss against the other network's hard label: "ce", cross-entropy (SSL4MIS), or "dice",
+    # the XNet scripts' Dice loss (losses.xnet_dice: the published GlaS baselines)
+    pseudo_loss: str = spec("ce", choices=("ce", "dice"))
 
 
 class CrossPseudoSupervision(Method):
@@ -45,13 +52,14 @@ class CrossPseudoSupervision(Method):
 
     def loss(self, stage: str, batch, step: Step):
         x_l, y_l = batch["labeled"]["image"], batch["labeled"]["mask"]
-        sup = losses.dice_ce(self.scores("a", x_l), y_l) + losses.dice_ce(self.scores("b", x_l), y_l)
-        w = self.cfg.cps.consistency * sigmoid_ramp(step.global_step, step.ramp_steps(self.cfg.loss.ramp_epochs))
+        sup = self.supervised_loss(self.scores("a", x_l), y_l) + self.supervised_loss(self.scores("b", x_l), y_l)
+        w = self.cfg.cps.consistency * ramp(self.cfg.loss, step)
         pseudo = sup.new_zeros(())
         if w > 0:
             x_u = batch["unlabeled"]["image"]
             a, b = self.scores("a", x_u), self.scores("b", x_u)
-            pseudo = cross(a, b) + cross(b, a)
+            kind = self.cfg.cps.pseudo_loss
+            pseudo = cross(a, b, kind) + cross(b, a, kind)
         loss = sup + w * pseudo
         return loss, {"loss": loss.detach(), "sup": sup.detach(), "cps": pseudo.detach(),
                       "cps_weight": w}

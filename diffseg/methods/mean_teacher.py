@@ -16,7 +16,7 @@ import torch
 from .. import losses
 from ..schema import spec
 from ..nets import build_segmenter
-from .base import Method, Stage, Step, sigmoid_ramp
+from .base import Method, Stage, Step, ramp
 
 
 @dataclass(frozen=True)
@@ -46,14 +46,14 @@ class MeanTeacher(Method):
 
     def consistency_weight(self, step: Step) -> float:
         mt = self.cfg.mean_teacher
-        return mt.consistency * sigmoid_ramp(step.global_step, step.ramp_steps(self.cfg.loss.ramp_epochs))
+        return mt.consistency * ramp(self.cfg.loss, step)
 
     def noised(self, x: torch.Tensor) -> torch.Tensor:
         sd = self.cfg.mean_teacher.noise
         return x + (torch.randn_like(x) * sd).clamp(-2 * sd, 2 * sd) if sd > 0 else x
 
     def loss(self, stage: str, batch, step: Step):
-        sup = losses.dice_ce(self.scores("student", batch["labeled"]["image"]), batch["labeled"]["mask"])
+        sup = self.supervised_loss(self.scores("student", batch["labeled"]["image"]), batch["labeled"]["mask"])
         w = self.consistency_weight(step)
         cons = sup.new_zeros(())
         if w > 0:  # a zero weight computes nothing
@@ -71,7 +71,9 @@ class MeanTeacher(Method):
 
     @torch.no_grad()
     def after_step(self, stage: str, step: Step) -> None:
-        alpha = min(1.0 - 1.0 / (step.global_step + 1), self.cfg.mean_teacher.ema_decay)
+        # warmed up over steps (SSL4MIS) or epochs (the authors' code: in epoch 0 the teacher
+        # copies the student after every step)
+        alpha = min(1.0 - 1.0 / (step.count(self.cfg.loss.ramp_per) + 1), self.cfg.mean_teacher.ema_decay)
         for e, s in zip(self.networks["ema"].parameters(), self.networks["student"].parameters()):
             e.mul_(alpha).add_(s.detach(), alpha=1.0 - alpha)
 

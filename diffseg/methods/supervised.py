@@ -24,5 +24,5 @@ class Supervised(Method):
         return {"net": self.optimizer(["net"], "train")}
 
     def loss(self, stage: str, batch, step: Step):
-        loss = losses.dice_ce(self.scores("net", batch["labeled"]["image"]), batch["labeled"]["mask"])
+        loss = self.supervised_loss(self.scores("net", batch["labeled"]["image"]), batch["labeled"]["mask"])
         return loss, {"loss": loss.detach()}

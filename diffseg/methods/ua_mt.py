@@ -33,9 +33,11 @@ class UncertaintyAwareMeanTeacher(MeanTeacher):
     sections = MeanTeacher.sections | {"ua_mt": Settings}  # the Mean Teacher settings, and its own
 
     def threshold(self, step: Step) -> float:
-        """Entropy threshold: start * ln(K) at step 0 rising to ln(K) at the last step."""
+        """Entropy threshold: start * ln(K) at the start rising to ln(K) at the stage's end, by a
+        sigmoid over its steps or epochs (``loss.ramp_per``)."""
         start = self.cfg.ua_mt.threshold_start
-        ramp = sigmoid_ramp(step.global_step, step.epochs * step.per_epoch)
+        per = self.cfg.loss.ramp_per
+        ramp = sigmoid_ramp(step.count(per), step.length(per))
         return (start + (1 - start) * ramp) * math.log(2)
 
     @torch.no_grad()
