@@ -6,15 +6,16 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from collections import defaultdict
 from pathlib import Path
 
 import yaml
 
 PAPER = "diffusion_cps"
-COLUMNS = ["dataset", "ratio", "seed", "method", "cell", "kept", "test_dice", "test_jaccard", "test_dice_mean",
+COLUMNS = ["dataset", "ratio", "seed", "method", "base_method", "cell", "kept", "test_dice", "test_jaccard", "test_dice_mean",
            "test_hd95_mean", "test_asd_mean", "test_all_foreground_dice", "val_dice", "val_jaccard", "wall_s",
-           "peak_memory_mb", "pl_cost", "device", "resolution", "run_dir"]
+           "peak_memory_mb", "pl_cost", "device", "resolution", "protocol", "run_dir"]
 METRICS = (("test_dice", "Dice", "max"), ("test_jaccard", "Jaccard", "max"), ("test_hd95_mean", "HD95", "min"),
            ("test_asd_mean", "ASD", "min"))
 
@@ -34,7 +35,12 @@ def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float]:
     return mean, float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
 
 
+# a cell's folder: dataset-variant-rNN-sS (experiments.benchmark.Cell.name; a variant has no '-')
+CELL = re.compile(r"^(?P<dataset>.+)-(?P<variant>[A-Za-z0-9_.]+)-r\d+-s-?\d+$")
+
+
 def collect(bench_dir: Path) -> list[dict]:
+    """One row per finished cell; ``method`` is the row's name (a variant's, or its method's)."""
     rows = []
     for run in sorted((bench_dir / "trials").glob("*")):
         summary_path = run / "summary.json"
@@ -43,29 +49,33 @@ def collect(bench_dir: Path) -> list[dict]:
         s = json.loads(summary_path.read_text())
         cfg = yaml.safe_load((run / "config.yaml").read_text())
         test, val = s.get("test") or {}, s.get("val") or {}
+        match = CELL.match(run.name)
         rows.append({"dataset": cfg["data"]["dataset"], "ratio": cfg["data"]["labeled_ratio"], "seed": cfg["seed"],
-                     "method": cfg["method"], "cell": run.name, "kept": s["selected"]["predictor"],
+                     "method": match["variant"] if match else cfg["method"], "base_method": cfg["method"],
+                     "cell": run.name, "kept": s["selected"]["predictor"],
                      "test_dice": test.get("dice"), "test_jaccard": test.get("jaccard"),
                      "test_dice_mean": test.get("dice_mean"), "test_hd95_mean": test.get("hd95_mean"),
                      "test_asd_mean": test.get("asd_mean"), "test_all_foreground_dice": test.get("all_foreground_dice"),
                      "val_dice": val.get("dice"), "val_jaccard": val.get("jaccard"), "wall_s": s.get("wall_s"),
                      "peak_memory_mb": s.get("peak_memory_mb"), "pl_cost": s.get("pl_cost"), "device": s.get("device"),
-                     "resolution": s.get("resolution"), "run_dir": str(run)})
+                     "resolution": s.get("resolution"), "protocol": s.get("protocol"), "run_dir": str(run)})
     return rows
 
 
-def paired(rows: list[dict], baseline: str) -> dict[tuple, dict]:
-    """Per dataset and ratio: the paper's method minus ``baseline``, seed by seed, with the mean
-    difference's interval; a win or a loss only when the interval excludes zero."""
+def paired(rows: list[dict], baseline: str, paper: str = PAPER, words=("paper wins", "paper loses")
+           ) -> dict[tuple, dict]:
+    """Per dataset and ratio: ``paper`` (the paper's method, or a variant) minus ``baseline``
+    (a baseline, or the variant's parent), seed by seed, with the mean difference's interval; a
+    win or a loss only when the interval excludes zero."""
     by = {(r["dataset"], r["ratio"], r["seed"], r["method"]): r["test_dice"] for r in rows}
     out = {}
     for dataset, ratio in sorted({(r["dataset"], r["ratio"]) for r in rows}):
-        diffs = [by[(dataset, ratio, s, PAPER)] - by[(dataset, ratio, s, baseline)]
+        diffs = [by[(dataset, ratio, s, paper)] - by[(dataset, ratio, s, baseline)]
                  for s in sorted({r["seed"] for r in rows})
-                 if by.get((dataset, ratio, s, PAPER)) is not None and by.get((dataset, ratio, s, baseline)) is not None]
+                 if by.get((dataset, ratio, s, paper)) is not None and by.get((dataset, ratio, s, baseline)) is not None]
         mean, half = mean_ci(diffs)
         verdict = ("cannot tell" if not math.isfinite(half) or abs(mean) <= half
-                   else "paper wins" if mean > 0 else "paper loses")
+                   else words[0] if mean > 0 else words[1])
         out[(dataset, ratio)] = {"diffs": diffs, "mean": mean, "half": half, "verdict": verdict}
     return out
 
@@ -96,9 +106,10 @@ def markdown(bench: dict, rows: list[dict], plots: dict) -> str:
     lines = [f"# Benchmark {bench['name']}", "",
              f"- preset `{bench['preset']}`; {len(rows)} finished cells; seeds {list(bench['seeds'])}; "
              f"methods {', '.join(bench['methods'])}",
-             "- test split scored once per cell, at the images' own size; mean ± half-width of the 95 % "
+             f"- {protocol_line(rows)}; mean ± half-width of the 95 % "
              "Student-t interval over seeds; **bold**: the best mean of its column (higher Dice and Jaccard, "
              "lower HD95 and ASD, in pixels)", ""]
+    lines += against_published(bench, groups) + against_parents(bench, rows)
     for dataset in sorted({r["dataset"] for r in rows}):
         floor = next((r["test_all_foreground_dice"] for r in rows if r["dataset"] == dataset
                       and r["test_all_foreground_dice"] is not None), None)
@@ -141,6 +152,62 @@ def markdown(bench: dict, rows: list[dict], plots: dict) -> str:
     for name, path in plots.items():
         lines += [f"![{name}]({path})", ""]
     return "\n".join(lines)
+
+
+def protocol_line(rows: list[dict]) -> str:
+    """How the cells were selected and scored, from their summaries."""
+    protocols = {r["protocol"] for r in rows} - {None}
+    sizes = {"original": "the images' own size", "training": "the training size, pooled"}
+    where = " and ".join(sorted({sizes.get(r["resolution"], str(r["resolution"])) for r in rows
+                                 if r["resolution"]})) or "-"
+    if "paper" in protocols:
+        return (f"**checkpoint and threshold selected on the TEST split** (protocol=paper, the published "
+                f"protocol: not an honest estimate), scored at {where}")
+    return f"selected on validation, test split scored once per cell at {where}"
+
+
+def against_published(bench: dict, groups: dict) -> list[str]:
+    """Each row with a published value: ours in percent (mean, 90 % and 95 % intervals over the
+    seeds; the authors printed 90 %) beside it, and the difference."""
+    reference = bench.get("reference") or {}
+    if not reference:
+        return []
+    lines = ["## Against the published values", "",
+             "Dice in percent. Ours: mean over seeds ± half-width of the Student-t interval (90 %, as the "
+             "authors print it; 95 %). Difference: our mean minus the published value.", "",
+             "| cell | published | protocol of the published value | ours | ± 90 % | ± 95 % | n | difference |",
+             "|---|---|---|---|---|---|---|---|"]
+    for key, ref in reference.items():
+        dataset, rest = key.split("-", 1)
+        variant, ratio = rest.rsplit("-r", 1)
+        found = [r for (d, q, m), rs in groups.items() if d == dataset and m == variant
+                 and round(q * 100) == int(ratio) for r in rs]
+        values = [100 * r["test_dice"] for r in found if r["test_dice"] is not None]
+        mean, h90 = mean_ci(values, 0.90)
+        _, h95 = mean_ci(values, 0.95)
+        diff = f"{mean - ref['dice']:+.2f}" if math.isfinite(mean) else "-"
+        lines.append(f"| {key} | {ref['dice']:.2f} | {ref.get('protocol', '')} | "
+                     + (f"{mean:.2f} | {h90:.2f} | {h95:.2f}" if math.isfinite(mean) else "- | - | -")
+                     + f" | {len(values)} | {diff} |")
+    return lines + ["", "Sources: " + "; ".join(sorted({r["source"] for r in reference.values()})), ""]
+
+
+def against_parents(bench: dict, rows: list[dict]) -> list[str]:
+    """Each named variant against the plain method it varies, paired by seed."""
+    pairs = [(name, v["method"]) for name, v in (bench.get("variants") or {}).items()
+             if v["method"] != name and v["method"] in bench["methods"]]
+    if not pairs:
+        return []
+    lines = ["## Variants against their parents (paired by seed)", "",
+             "| dataset | labels | variant | parent | differences | mean ± 95 % CI | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    for name, parent in pairs:
+        for (dataset, ratio), p in paired(rows, parent, name, (f"{name} higher", f"{name} lower")).items():
+            if p["diffs"]:
+                lines.append(f"| {dataset} | {round(ratio * 100)} % | {name} | {parent} | "
+                             + ", ".join(f"{d:+.3f}" for d in p["diffs"])
+                             + f" | {_fmt(p['mean'], p['half'])} | {p['verdict']} |")
+    return lines + [""]
 
 
 def make_plots(rows: list[dict], bench_dir: Path) -> dict[str, str]:

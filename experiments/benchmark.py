@@ -11,6 +11,7 @@ stage 1 of the paper's method is pretrained once per stage-1 key and shared.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,8 @@ PRESETS = {
               "train.iters_per_epoch": 10, "train.warmup_epochs": 1, "train.decay_every": 0},
     # the dataset configs as shipped: the paper's settings, for GPUs
     "paper": {},
+    # the dataset configs as the benchmark file names them, nothing changed (reproduce.yaml)
+    "none": {},
 }
 # what each preset changes on top for a 3D dataset (LA): patches instead of image sizes, and the
 # debug run's width and batch (a 3D step costs far more than a 2D one)
@@ -51,6 +54,7 @@ VOLUME_PRESETS = {
     "small": {"data.patch": [32, 32, 32], "model.width": 8, "pretrain.batch_size": 4, "train.batch_size": 4,
               "data.foreground_prob": 0.5},
     "paper": {},
+    "none": {},
 }
 
 
@@ -61,16 +65,30 @@ def preset_for(preset: str, dataset: str) -> dict:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """A row of the table: a method, and the overrides (``set``) it runs with. A plain method is
+    the variant of its own name with nothing set; a named one is compared with its parent."""
+    name: str
+    method: str
+    set: dict = field(default_factory=dict)
+
+
+def group_name(dataset: str, variant: str, ratio: float) -> str:
+    """What ``exclude`` and ``reference`` name: every seed of one row at one ratio."""
+    return f"{dataset}-{variant}-r{round(ratio * 100):d}"
+
+
+@dataclass(frozen=True)
 class Cell:
     dataset: str
     ratio: float
     seed: int
-    method: str
+    method: str  # the variant's name (its method's, for a plain method)
     config: dict = field(hash=False, compare=False)
 
     @property
     def name(self) -> str:
-        return f"{self.dataset}-{self.method}-r{round(self.ratio * 100):d}-s{self.seed}"
+        return f"{group_name(self.dataset, self.method, self.ratio)}-s{self.seed}"
 
 
 @dataclass(frozen=True)
@@ -79,11 +97,14 @@ class Benchmark:
     datasets: dict
     ratios: tuple
     seeds: tuple
-    methods: tuple
+    methods: tuple  # the variants' names, in table order
     preset: str
     tuned: dict
     resources: Resources = Resources()
     source: str = ""
+    variants: dict = field(default_factory=dict)  # name -> Variant
+    exclude: tuple = ()  # group names (dataset-variant-rNN) not run
+    reference: dict = field(default_factory=dict)  # group name -> {dice, source, protocol}
 
     def cells(self, available: set[str] | None = None) -> list[Cell]:
         out = []
@@ -92,20 +113,30 @@ class Benchmark:
                 continue
             for ratio in self.ratios:
                 for seed in self.seeds:
-                    for method in self.methods:
-                        base_file = self.tuned.get(dataset, base) if method == "diffusion_cps" else base
-                        cfg = config_mod.load(base_file, preset_for(self.preset, dataset) | {
-                            "method": method, "data.labeled_ratio": ratio, "data.labeled_count": 0,
-                            "seed": seed, "data.split_seed": seed})
-                        cell = Cell(dataset, ratio, seed, method, {})
-                        cfg = config_mod.apply_overrides(cfg, {"name": cell.name})
-                        out.append(Cell(dataset, ratio, seed, method, config_mod.to_dict(cfg)))
+                    for name in self.methods:
+                        v = self.variants.get(name) or Variant(name, name)
+                        if group_name(dataset, name, ratio) in self.exclude:
+                            continue
+                        base_file = self.tuned.get(dataset, base) if v.method == "diffusion_cps" else base
+                        cell = Cell(dataset, ratio, seed, name, {})
+                        try:
+                            cfg = config_mod.load(base_file, preset_for(self.preset, dataset) | v.set | {
+                                "method": v.method, "data.labeled_ratio": ratio, "data.labeled_count": 0,
+                                "seed": seed, "data.split_seed": seed, "name": cell.name})
+                        except ConfigError as exc:
+                            raise ConfigError(f"cell {cell.name}: {exc}") from None
+                        out.append(Cell(dataset, ratio, seed, name, config_mod.to_dict(cfg)))
         return out
+
+    def parent(self, name: str) -> str | None:
+        """The plain method a named variant is compared with, when the benchmark runs it."""
+        v = self.variants.get(name)
+        return v.method if v is not None and v.method != name and v.method in self.methods else None
 
 
 def load(name_or_path: str, preset: str | None = None) -> Benchmark:
-    path = config_mod.resolve_shipped(name_or_path, BENCH_DIR, "benchmark")
-    data = config_mod.read_yaml(path, "benchmark")
+    """A benchmark file (it may start from another: ``base: NAME``), checked and resolved."""
+    path, data = schema.read_inherited(name_or_path, BENCH_DIR, "benchmark")
     try:
         return parse(data, preset, str(path))
     except ConfigError as exc:
@@ -119,8 +150,14 @@ class BenchmarkFile:
     datasets: dict = field(default_factory=dict)  # dataset name -> its base config
     ratios: tuple[float, ...] = (0.1,)
     seeds: tuple[int, ...] = (0,)
-    methods: tuple[str, ...] = ()  # empty: every method
+    # empty: every method. An entry is a method's name, or a variant: {name: N, method: M, set:
+    # {dotted.key: value, ...}}, the method with those overrides (on top of the preset)
+    methods: tuple = ()
     preset: str = spec("small", choices=tuple(PRESETS))
+    exclude: tuple[str, ...] = ()  # rows not run, as dataset-variant-rNN (glas-ua_mt-r20)
+    # published values beside the table: dataset-variant-rNN -> {dice: percent, source: ...,
+    # protocol: ...}
+    reference: dict = field(default_factory=dict)
     tuned: dict = field(default_factory=dict)  # dataset -> a finished study's best.yaml
     resources: WorkerSection = field(default_factory=WorkerSection)
     concurrency: int = spec(1, low=1)
@@ -141,19 +178,56 @@ def parse(data: dict, preset: str | None = None, source: str = "") -> Benchmark:
         config_mod.resolve_config_path(base)
     if not f.ratios or any(not 0 < r <= 1 for r in f.ratios):
         raise ConfigError(f"'ratios' must be label ratios in (0, 1], got {list(f.ratios)!r}")
-    methods = f.methods or tuple(METHODS)
-    for m in methods:
-        if m not in METHODS:
-            raise ConfigError(f"method '{m}' is not one of {', '.join(METHODS)}")
+    variants = {v.name: v for v in (variant(entry) for entry in (f.methods or tuple(METHODS)))}
+    if len(variants) != len(f.methods or METHODS):
+        raise ConfigError(f"'methods' names a row twice: {[variant(e).name for e in f.methods]}")
+    methods = tuple(variants)
     for dataset, best in f.tuned.items():
         if dataset not in f.datasets:
             raise ConfigError(f"tuned: '{dataset}' is not a dataset of this benchmark")
         if not Path(best).is_file():
             raise ConfigError(f"tuned: {dataset}'s config {best} not found (a finished study's best.yaml)")
+    groups = {group_name(d, m, r) for d in f.datasets for m in methods for r in f.ratios}
+    for key in f.exclude:
+        if key not in groups:
+            raise ConfigError(f"exclude: '{key}' is no row of this benchmark; rows: {', '.join(sorted(groups))}")
+    reference = {key: check_reference(key, value, groups) for key, value in f.reference.items()}
     bench = Benchmark(check_name(str(f.name or Path(source).stem)), dict(f.datasets), f.ratios, f.seeds, methods,
-                      f.preset, dict(f.tuned), f.resources.with_trials(f.concurrency, f.max_failures), source)
+                      f.preset, dict(f.tuned), f.resources.with_trials(f.concurrency, f.max_failures), source,
+                      {n: v for n, v in variants.items() if v.set or v.method != n}, tuple(f.exclude), reference)
     bench.cells()  # every cell's config is checked now, before anything runs
     return bench
+
+
+def variant(entry) -> Variant:
+    """A ``methods`` entry: a method's name, or {name, method, set}."""
+    from diffseg.methods import METHODS
+
+    if isinstance(entry, str):
+        entry = {"name": entry, "method": entry}
+    if not isinstance(entry, dict) or set(entry) - {"name", "method", "set"} or "method" not in entry:
+        raise ConfigError(f"a 'methods' entry is a method's name or {{name, method, set}}, got {entry!r}")
+    name, method, overrides = str(entry.get("name", entry["method"])), entry["method"], entry.get("set") or {}
+    if method not in METHODS:
+        raise ConfigError(f"method '{method}' is not one of {', '.join(METHODS)}")
+    if not re.fullmatch(r"[A-Za-z0-9_.]{1,60}", name):
+        raise ConfigError(f"variant name {name!r} must be letters, digits, '_' or '.' (it names the cells' folders)")
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"variant '{name}': 'set' must map dotted config keys to values, got {overrides!r}")
+    if name in METHODS and name != method:
+        raise ConfigError(f"variant '{name}' is named like another method; give it its own name")
+    return Variant(name, method, {str(k): v for k, v in overrides.items()})
+
+
+def check_reference(key: str, value, groups: set[str]) -> dict:
+    if key not in groups:
+        raise ConfigError(f"reference: '{key}' is no row of this benchmark; rows: {', '.join(sorted(groups))}")
+    if not isinstance(value, dict) or not {"dice", "source"} <= set(value) or set(value) - {"dice", "source", "protocol"}:
+        raise ConfigError(f"reference '{key}' must be {{dice: PERCENT, source: TEXT, protocol: TEXT}}, got {value!r}")
+    dice = value["dice"]
+    if isinstance(dice, bool) or not isinstance(dice, (int, float)) or not 0 <= dice <= 100:
+        raise ConfigError(f"reference '{key}': dice is a percentage in [0, 100] (papers print 80.83), got {dice!r}")
+    return {"dice": float(dice), "source": str(value["source"]), "protocol": str(value.get("protocol", ""))}
 
 
 def available(bench: Benchmark, data_root: str = "") -> set[str]:
@@ -165,8 +239,12 @@ def available(bench: Benchmark, data_root: str = "") -> set[str]:
 
 
 def run(file: str, preset: str | None = None, name: str | None = None, storage: str | None = None,
-        address: str | None = None, data_root: str = "", log=print) -> Path:
-    """Run every cell not finished yet (a Ray Tune grid: ``tune.grid``), then write the report."""
+        address: str | None = None, data_root: str = "", log=print, only: tuple[str, ...] = ()) -> Path:
+    """Run every cell not finished yet (a Ray Tune grid: ``tune.grid``), then write the report.
+    ``only``: shell patterns of cell names (``glas-cps-r10-s[0-2]``); the others wait for a
+    later run of the same benchmark."""
+    import fnmatch
+
     import dataclasses
 
     from tune import grid
@@ -179,14 +257,20 @@ def run(file: str, preset: str | None = None, name: str | None = None, storage: 
     found = available(bench, data_root)
     for missing in sorted(set(bench.datasets) - found):
         log(f"[benchmark] {missing}: not under the data root, skipped")
-    cells = bench.cells(found)
+    cells = every = bench.cells(found)
     if not cells:
         raise ConfigError("no dataset of the benchmark is under the data root")
+    if only:
+        for pattern in only:
+            if not any(fnmatch.fnmatchcase(c.name, pattern) for c in cells):
+                raise ConfigError(f"--only {pattern!r} matches no cell; cells are named like {cells[0].name}")
+        cells = [c for c in cells if any(fnmatch.fnmatchcase(c.name, p) for p in only)]
     bench_dir = (Path(storage or DEFAULT_STORAGE) / bench.name).resolve()
     done = [c for c in cells if (bench_dir / "trials" / c.name / "summary.json").exists()]
     pending = [c for c in cells if c not in done]
     log(f"[benchmark] {bench.name}: {len(cells)} cells ({len(found)} datasets x {len(bench.ratios)} ratios x "
-        f"{len(bench.seeds)} seeds x {len(bench.methods)} methods), preset {bench.preset}; "
+        f"{len(bench.seeds)} seeds x {len(bench.methods)} methods"
+        + (f", {len(cells)} of its {len(every)} by --only" if only else "") + f"), preset {bench.preset}; "
         f"{len(done)} already finished, {len(pending)} to run")
     bench_dir.mkdir(parents=True, exist_ok=True)
     (bench_dir / "benchmark.yaml").write_text(yaml.safe_dump(dataclasses.asdict(bench), sort_keys=False))
@@ -207,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--storage", help=f"folder holding benchmarks (default: {DEFAULT_STORAGE})")
     p.add_argument("--address", help="Ray cluster address (default: a local instance)")
     p.add_argument("--data-root", default="", help="dataset root (default: $DIFFSEG_DATA or ../shared/data)")
+    p.add_argument("--only", action="append", default=[], metavar="PATTERN",
+                   help="run only the cells whose names match (shell pattern, repeatable), such as "
+                        "'glas-supervised-r10-*'; a later run without it runs the rest")
     args = p.parse_args(argv)
     try:
         if args.file == "report":
@@ -219,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"no benchmark '{args.name_for_report}' at {folder}")
             print(f"table: {bench_report.write(folder)}")
             return 0
-        run(args.file, args.preset, args.name, args.storage, args.address, args.data_root)
+        run(args.file, args.preset, args.name, args.storage, args.address, args.data_root, only=tuple(args.only))
         return 0
     except DiffsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
