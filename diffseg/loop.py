@@ -295,6 +295,12 @@ class Loop:
         if "val_dice_unsupervised" in m:
             head += (f" val dice of the label-free {stage.monitor} mask {m['val_dice_unsupervised']:.3f} "
                      f"(all-foreground {m['val_dice_all_foreground']:.3f})")
+        if "val_readout_dice" in m:  # the readout diagnostic (diffseg/readout.py)
+            head += (f"; readout {m['val_readout_dice']:.3f} (controls: image {m['val_readout_dice_image']:.3f}, "
+                     f"random teacher {m['val_readout_dice_random_teacher']:.3f}), AUC {m['val_mask_auc']:.3f}: "
+                     + ("learned" if m["stage1_learned"] else "not learned: the readout beats no control"
+                        if m["val_readout_dice"] <= min(m['val_readout_dice_image'], m['val_readout_dice_random_teacher'])
+                        else "not learned: a control reads as well"))
         best, sel = self.selection.best, self.selection.split
         if best is not None and f"{sel}_dice" in m:
             each = " ".join(f"{p} {m[f'{sel}_dice_{p}']:.3f}" for p in self.method.predictors)

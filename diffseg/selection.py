@@ -2,9 +2,11 @@
 (``checkpoints/best.pt``), and at the end its scores and the run's ``summary.json``."""
 from __future__ import annotations
 
+import copy
+
 import torch
 
-from . import checkpoint, evaluate
+from . import checkpoint, evaluate, readout
 from .data import Truth
 from .errors import Diverged
 from .kept import kept_state, load_kept, score_kept
@@ -21,6 +23,11 @@ class Selection:
         self.split = "test" if cfg.protocol == "paper" else "val"
         self.best: dict | None = None  # predictor, epoch, dice, split, threshold of the kept model
         self.thresholds = evaluate.grid(*cfg.eval.thresholds)
+        # the readout diagnostic's controls: the monitored network as initialised (this runs
+        # before any restore or training), and the scores of both controls once computed
+        monitored = {s.monitor for s in method.stages if s.monitor}
+        self._random_init = {n: copy.deepcopy(method.networks[n].state_dict()) for n in monitored}
+        self._controls: dict | None = None
         self._truth: dict[str, Truth] = {}
 
     def truth(self, part: str) -> Truth:
@@ -62,13 +69,44 @@ class Selection:
 
     def monitor(self, stage) -> dict:
         """A stage without labels shows whether it learns: the validation Dice of its label-free
-        mask (either channel) beside the all-foreground Dice. Nothing here feeds a gradient."""
+        mask (either channel) beside the all-foreground Dice, and on 2D images the readout
+        diagnostic (``readout``). Nothing here feeds a gradient."""
         if not stage.monitor or not self.data.splits.val:
             return {}
         truth = self.truth("val")
         probs = self.probabilities(stage.monitor, "val")
-        return {"val_dice_unsupervised": evaluate.label_free_dice(probs, truth.gts, truth.fovs),
-                "val_dice_all_foreground": truth.trivial()["all_foreground_dice"]}
+        out = {"val_dice_unsupervised": evaluate.label_free_dice(probs, truth.gts, truth.fovs),
+               "val_dice_all_foreground": truth.trivial()["all_foreground_dice"]}
+        if self.method.dims == 2 and not self.data.window:
+            # its loaders and fits draw from no stream the training uses: a run with the
+            # diagnostic trains exactly as one without
+            cuda = [self.rt.device] if self.rt.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda):
+                out |= self.diagnostic(stage.monitor)
+        return out
+
+    def diagnostic(self, name: str) -> dict:
+        """The readout of network ``name``'s mask, its AUC, and the two controls (computed once:
+        neither changes while the stage trains)."""
+        parts = (self.data.dataset("labeled"), self.data.dataset("val"))
+        net = self.method.networks[name]
+
+        def readout_of(predict) -> tuple[float, tuple]:
+            with self.method.evaluating():
+                got = [readout.maps(predict, part, self.rt.device, self.cfg.seed) for part in parts]
+            return readout.readout_dice(*got, seed=self.cfg.seed, thresholds=self.thresholds), got[1]
+
+        if self._controls is None:
+            trained = copy.deepcopy(net.state_dict())
+            net.load_state_dict(self._random_init[name])  # the teacher as initialised, before any step
+            random_dice = readout_of(self.method.predict(name))[0]
+            net.load_state_dict(trained)
+            self._controls = {"val_readout_dice_image": readout_of(None)[0],
+                              "val_readout_dice_random_teacher": random_dice}
+        dice, val_maps = readout_of(self.method.predict(name))
+        out = {"val_readout_dice": dice, "val_mask_auc": readout.auc(*val_maps)} | self._controls
+        out["stage1_learned"] = float(dice > max(self._controls.values()))
+        return out
 
     def finish(self, seconds: float) -> dict:
         """Main rank: load the kept model, score validation and (once) the test split, write
@@ -88,6 +126,9 @@ class Selection:
                                          f"model's probabilities are poorly calibrated")
         if cfg.protocol == "paper":
             summary["note"] = PAPER_NOTE
+        stage1 = self.stage1_diagnostic()
+        if stage1:
+            summary["stage1"] = stage1
         for part in ("val", "test"):
             summary[part] = score_kept(kept, self.data, part, self.rt,
                                        self.truth(part) if getattr(self.data.splits, part) else None)
@@ -107,6 +148,26 @@ class Selection:
         for flag in flags + ([summary["threshold_note"]] if "threshold_note" in summary else []):
             self.log(f"WARNING: {flag}")
         return summary
+
+    def stage1_diagnostic(self) -> dict:
+        """The readout diagnostic of the last stage-1 epoch that has one (from metrics.jsonl, so a
+        resumed run has it too): its numbers and whether stage 1 learned."""
+        import json
+
+        path, last = self.rd.path / "metrics.jsonl", None
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if "val_readout_dice" in record:
+                    last = record
+        if last is None:
+            return {}
+        keys = ("val_readout_dice", "val_readout_dice_image", "val_readout_dice_random_teacher", "val_mask_auc",
+                "val_dice_unsupervised", "val_dice_all_foreground")
+        return {"epoch": last["epoch"], "learned": bool(last["stage1_learned"])} | {k: last[k] for k in keys}
 
     def record_divergence(self, exc: Diverged, seconds: float) -> None:
         """A diverged run is a result: its summary says so and why; nothing is scored (the weights

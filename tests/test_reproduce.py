@@ -150,3 +150,34 @@ def test_config_refuses_a_grid_or_statistics_it_cannot_use():
                          ({"model.arch": "xnet_unet", "data.dataset": "la"}, "2D only")]:
         with pytest.raises(ConfigError, match=message):
             config.load("debug", bad)
+
+
+def test_reproduce_table_pairs_the_two_protocols_by_seed(tmp_path):
+    import json
+
+    import yaml
+
+    from experiments import reproduce_table
+
+    for name, dice in (("reproduce", {0: 0.81, 1: 0.80}), ("reproduce_honest", {0: 0.78, 1: 0.79})):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "benchmark.yaml").write_text(yaml.safe_dump(
+            {"reference": {"glas-supervised-r10": {"dice": 80.83, "source": "s", "protocol": "p"}}}))
+        for seed, d in dice.items():
+            run = folder / "trials" / f"glas-supervised-r10-s{seed}"
+            run.mkdir(parents=True)
+            (run / "config.yaml").write_text(yaml.safe_dump(
+                {"data": {"dataset": "glas", "labeled_ratio": 0.1}, "seed": seed, "method": "supervised"}))
+            (run / "summary.json").write_text(json.dumps(
+                {"selected": {"predictor": "net"}, "test": {"dice": d}, "val": {}, "wall_s": 120.0}))
+    out = reproduce_table.write(tmp_path, tmp_path / "out")
+    text = out.read_text()
+    # authors' mean 80.50 (-0.33 from 80.83); honest 78.50; paired effect +3.0 and +1.0: 2.00
+    assert "| glas-supervised-r10 | 80.83 | 80.50 ± " in text and "| 2 | -0.33 | 78.50 ± " in text
+    assert "| 2.00 ± " in text and "| 2.0 |" in text
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "table.md").write_text("my notes")
+    with pytest.raises(SystemExit, match="was not written by this table"):
+        reproduce_table.write(tmp_path, tmp_path / "mine")
+    assert (tmp_path / "mine" / "table.md").read_text() == "my notes"
