@@ -103,3 +103,50 @@ def remove_stale_temporaries(*folders: Path) -> list[Path]:
                 p.unlink(missing_ok=True)
                 removed.append(p)
     return removed
+
+
+class FolderLock:
+    """One process owns a folder (a run, a study, a benchmark): an advisory lock on
+    ``<folder>/.lock``, released by the OS when the process ends however it ends. A second
+    process gets a StorageError naming the holder's pid and host. Re-entrant within a process."""
+
+    held: dict[str, "FolderLock"] = {}
+
+    def __init__(self, folder, what: str = "folder"):
+        self.folder, self.what, self.fd = Path(folder), what, None
+
+    def acquire(self) -> "FolderLock":
+        import fcntl
+        import socket
+
+        key = str(self.folder.resolve())
+        if key in FolderLock.held:
+            return FolderLock.held[key]
+        path = self.folder / ".lock"
+        with writing(path):
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise StorageError(f"{self.what} {self.folder} is in use by {holder}: wait for it to end, or use "
+                               f"another folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self.fd = fd
+        FolderLock.held[key] = self
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            FolderLock.held.pop(str(self.folder.resolve()), None)
+            os.close(self.fd)  # closing the descriptor drops the lock; the file stays (harmless)
+            self.fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, run_state
+from . import checkpoint, durable, run_state
 from .data import Splits, prepare
 from .errors import DataError, Diverged
 from .methods import Stage, Step, build_method
@@ -191,6 +191,17 @@ class Loop:
 
     # ------------------------------------------------------------------ stages
     def fit(self) -> dict:
+        # one process trains into a run folder: a second one on it is refused, naming this one
+        lock = durable.FolderLock(self.rd.path, "run folder") if self.rt.is_main else None
+        if lock is not None:
+            lock.acquire()
+        try:
+            return self._fit()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _fit(self) -> dict:
         t0 = time.time()
         self.start()
         self.log(f"run {self.rd.path}: {self.cfg.method} on {self.data.source.dataset} "

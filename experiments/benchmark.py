@@ -20,6 +20,7 @@ import yaml
 
 from diffseg import config as config_mod, schema
 from diffseg.config import ConfigError
+from diffseg.durable import FolderLock
 from diffseg.errors import DiffsegError
 from diffseg.schema import spec
 from tune.resources import Resources, WorkerSection
@@ -195,7 +196,11 @@ def parse(data: dict, preset: str | None = None, source: str = "") -> Benchmark:
     bench = Benchmark(check_name(str(f.name or Path(source).stem)), dict(f.datasets), f.ratios, f.seeds, methods,
                       f.preset, dict(f.tuned), f.resources.with_trials(f.concurrency, f.max_failures), source,
                       {n: v for n, v in variants.items() if v.set or v.method != n}, tuple(f.exclude), reference)
-    bench.cells()  # every cell's config is checked now, before anything runs
+    names = [c.name for c in bench.cells()]  # every cell's config is checked now, before anything runs
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # one folder for two cells: one of them would silently never run
+        raise ConfigError(f"two cells share the name {twice[0]}: ratios {list(f.ratios)} and seeds {list(f.seeds)} "
+                          f"must differ in whole percent and in value")
     return bench
 
 
@@ -273,12 +278,19 @@ def run(file: str, preset: str | None = None, name: str | None = None, storage: 
         + (f", {len(cells)} of its {len(every)} by --only" if only else "") + f"), preset {bench.preset}; "
         f"{len(done)} already finished, {len(pending)} to run")
     bench_dir.mkdir(parents=True, exist_ok=True)
-    (bench_dir / "benchmark.yaml").write_text(yaml.safe_dump(dataclasses.asdict(bench), sort_keys=False))
-    if pending:
-        grid.run({c.name: c.config for c in pending}, bench.resources, bench_dir, address, data_root,
-                 title=bench.name, total=len(cells), done=len(done))
-    out = bench_report.write(bench_dir)
+    with FolderLock(bench_dir, "benchmark folder"):  # a second invocation on it is refused, naming this one
+        (bench_dir / "benchmark.yaml").write_text(yaml.safe_dump(dataclasses.asdict(bench), sort_keys=False))
+        if pending:
+            grid.run({c.name: c.config for c in pending}, bench.resources, bench_dir, address, data_root,
+                     title=bench.name, total=len(cells), done=len(done))
+        out = bench_report.write(bench_dir)
     log(f"[benchmark] results: {bench_dir / 'results.csv'}; table: {out}")
+    failed = [c.name for c in cells if not (bench_dir / "trials" / c.name / "summary.json").exists()]
+    if failed and len(failed) == len(cells):
+        raise DiffsegError(f"every cell failed ({len(failed)}): see {bench_dir / 'trials'}/<cell>/ and Ray's error.txt")
+    if failed:
+        log(f"[benchmark] {len(failed)} of {len(cells)} cells did not finish: {', '.join(failed[:5])}"
+            + (" ..." if len(failed) > 5 else "") + "; running the benchmark again resumes them")
     return bench_dir
 
 
