@@ -84,7 +84,8 @@ def cmd_eval(args) -> None:
 def cmd_predict(args) -> None:
     from .predict import predict_folder
 
-    written = predict_folder(args.run_dir, args.input, args.output, args.probabilities, args.device)
+    written = predict_folder(args.run_dir, args.input, args.output, args.probabilities, args.device,
+                             overwrite=args.overwrite)
     print(f"wrote {len(written)} files to {args.output}")
 
 
@@ -142,6 +143,8 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--input", required=True)
     pr.add_argument("--output", required=True)
     pr.add_argument("--probabilities", action="store_true", help="also write <name>_prob.png (<name>_prob.nii.gz)")
+    pr.add_argument("--overwrite", action="store_true",
+                    help="replace files of the same names already in --output (refused otherwise)")
     pr.add_argument("--device", default="auto")
     pr.set_defaults(fn=cmd_predict)
 

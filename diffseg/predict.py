@@ -22,19 +22,54 @@ from .kept import load_kept
 from .runtime import local
 
 
+# folders that hold a dataset's ground truth beside its images: never an output
+TRUTH_FOLDERS = ("masks", "labels", "labelsTr", "labelsTs")
+
+
+def check_outputs(inputs: list[tuple[str, Path]], input_dir: Path, output_dir: Path, suffixes: tuple[str, ...],
+                  overwrite: bool) -> None:
+    """Before anything is computed: the outputs can be written without destroying anything. The
+    output folder is not the input folder, holds none of the inputs and is no dataset's ground
+    truth; no two inputs share an output name; no existing file is replaced unless
+    ``overwrite``. ``inputs``: (output stem, input path); ``suffixes``: what each stem gets."""
+    out = output_dir.resolve()
+    if output_dir.exists() and not output_dir.is_dir():
+        raise DataError(f"--output {output_dir} is a file; give a folder (it is made if missing)")
+    if out == input_dir.resolve() or any(p.resolve().parent == out or out in p.resolve().parents for _, p in inputs):
+        raise DataError(f"--output {output_dir} is the input folder or holds an input: masks would replace the "
+                        f"images they come from; choose another folder")
+    if output_dir.name in TRUTH_FOLDERS and (output_dir.parent / "images").is_dir():
+        raise DataError(f"--output {output_dir} is a dataset's ground-truth folder (beside {output_dir.parent / 'images'}): "
+                        f"predictions there would replace and pass for its annotations; choose another folder")
+    by_stem: dict[str, Path] = {}
+    for stem, path in inputs:
+        if stem in by_stem:
+            raise DataError(f"inputs {by_stem[stem].name} and {path.name} would both write {stem}{suffixes[0]}; "
+                            f"rename one of them")
+        by_stem[stem] = path
+    existing = [output_dir / f"{stem}{suffix}" for stem in by_stem for suffix in suffixes
+                if (output_dir / f"{stem}{suffix}").exists()]
+    if existing and not overwrite:
+        raise DataError(f"--output {output_dir} already holds {len(existing)} of the files this would write "
+                        f"({', '.join(p.name for p in existing[:3])}{' ...' if len(existing) > 3 else ''}); "
+                        f"choose an empty folder, or pass --overwrite to replace them")
+
+
 @torch.no_grad()
 def predict_folder(run_dir, input_dir, output_dir, probabilities: bool = False, device: str = "auto",
-                   log=print) -> list[Path]:
+                   log=print, overwrite: bool = False) -> list[Path]:
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not input_dir.is_dir():
         raise DataError(f"input folder not found: {input_dir}")
     rt = local(device)
     kept = load_kept(run_dir, rt.device)
     if kept.dims == 3:
-        return predict_volumes(kept, rt, input_dir, output_dir, probabilities, log)
+        return predict_volumes(kept, rt, input_dir, output_dir, probabilities, log, overwrite)
     files = sorted(p for p in input_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS)
     if not files:
         raise DataError(f"no images ({', '.join(IMAGE_EXTS)}) in input folder {input_dir}")
+    check_outputs([(p.stem, p) for p in files], input_dir, output_dir,
+                  (".png", "_prob.png") if probabilities else (".png",), overwrite)
     size, scale = kept.cfg.data.size, kept.cfg.data.scale
     gen = torch.Generator().manual_seed(kept.cfg.seed)  # CPU: diffusion._on
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -114,12 +149,15 @@ def write_nifti(array: np.ndarray, spacing, path: Path) -> None:
     nib.save(img, str(path))
 
 
-def predict_volumes(kept, rt, input_dir: Path, output_dir: Path, probabilities: bool, log) -> list[Path]:
+def predict_volumes(kept, rt, input_dir: Path, output_dir: Path, probabilities: bool, log,
+                    overwrite: bool = False) -> list[Path]:
     from .data.la import LA_SPACING
 
     files = volume_files(input_dir)
     if not files:
         raise DataError(f"no volumes ({', '.join(VOLUME_EXTS)}, or LA case folders) in input folder {input_dir}")
+    check_outputs(files, input_dir, output_dir, (".nii.gz", "_prob.nii.gz") if probabilities else (".nii.gz",),
+                  overwrite)
     default_spacing = tuple(kept.cfg.data.spacing) or LA_SPACING
     volumes = [(name, path, *read_input_volume(path, default_spacing)) for name, path in files]  # all checked first
     gen = torch.Generator().manual_seed(kept.cfg.seed)  # CPU: diffusion._on

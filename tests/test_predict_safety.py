@@ -1,0 +1,69 @@
+"""`diffseg predict` never destroys data: not its input folder, not a dataset's ground truth, not
+existing files without --overwrite, not one input's mask by another's of the same stem. Each
+refusal is one line (exit 2) before any mask is computed, and the inputs are unchanged."""
+import hashlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffseg import cli
+
+
+def digest(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("predict") / "run"
+    sets = ["method=supervised", "data.size=32", "model.width=4", "model.depth=2", "train.epochs=1",
+            "train.iters_per_epoch=1", "data.synthetic_count=12"]
+    assert cli.main(["debug", "--run-dir", str(folder), "--set", *sets]) == 0
+    return folder
+
+
+def images(folder, *names):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(folder / name)
+    return folder
+
+
+def test_predict_refuses_what_would_destroy_data_and_changes_nothing(run, tmp_path, capsys):
+    inputs = images(tmp_path / "in", "a.png", "b.png")
+    before = digest(inputs)
+    dataset = tmp_path / "ds"
+    images(dataset / "images", "a.png")
+    images(dataset / "masks", "a.png")
+    truth = digest(dataset)
+    (tmp_path / "file").write_text("x")
+    cases = [(inputs, "is the input folder or holds an input"),
+             (tmp_path, "is the input folder or holds an input"),
+             (dataset / "masks", "ground-truth folder"),
+             (tmp_path / "file", "is a file")]
+    for output, message in cases:
+        capsys.readouterr()
+        assert cli.main(["predict", str(run), "--input", str(inputs), "--output", str(output)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    assert digest(inputs) == before and digest(dataset) == truth and (tmp_path / "file").read_text() == "x"
+    dup = images(tmp_path / "dup", "dup.png", "dup.jpg")
+    assert cli.main(["predict", str(run), "--input", str(dup), "--output", str(tmp_path / "o_dup")]) == 2
+    assert "dup.jpg and dup.png would both write dup.png" in capsys.readouterr().err
+    assert not (tmp_path / "o_dup").exists()
+
+
+def test_predict_replaces_existing_masks_only_with_overwrite(run, tmp_path, capsys):
+    inputs = images(tmp_path / "in", "a.png", "b.png")
+    out = tmp_path / "out"
+    assert cli.main(["predict", str(run), "--input", str(inputs), "--output", str(out)]) == 0
+    first = digest(out)
+    (out / "a.png").write_bytes(b"another run's mask")
+    capsys.readouterr()
+    assert cli.main(["predict", str(run), "--input", str(inputs), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "already holds 2 of the files" in err and "--overwrite" in err
+    assert (out / "a.png").read_bytes() == b"another run's mask"
+    assert cli.main(["predict", str(run), "--input", str(inputs), "--output", str(out), "--overwrite"]) == 0
+    assert digest(out) == first
