@@ -51,10 +51,28 @@ def cmd_train(args, extra=None) -> None:
 
     cfg = _load(args, extra)
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg)
+    check_run_dir(run_dir)
     summary = fit(cfg, run_dir, _runtime(args), pretrained=args.pretrained)
     print(f"summary: {run_dir / 'summary.json'}")
     val = f" (val {summary['val']['dice']:.4f})" if summary.get("val") else " (no validation split)"
     print(f"final test dice {summary['test']['dice']:.4f}{val}")
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """A run folder to train into: a folder (or to be made) and not a finished run, whose
+    results are final (re-scoring it would replace its summary, with other data if the data
+    root changed)."""
+    for part in [run_dir, *run_dir.parents]:
+        if part.exists() and not part.is_dir():
+            raise DiffsegError(f"--run-dir {run_dir}: {part} is a file, not a folder")
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        try:
+            status = json.loads(summary.read_text()).get("status", "complete")
+        except (ValueError, AttributeError):
+            status = "unreadable"
+        raise DiffsegError(f"--run-dir {run_dir} holds a finished run (summary.json: {status}); its results are "
+                           f"final: score it with `diffseg eval {run_dir}`, or train into a new --run-dir")
 
 
 def cmd_debug(args) -> None:
@@ -167,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     except DiffsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: what was saved stays, and the same command resumes it
+        print("interrupted: the run folder keeps its last finished epoch; run the same command to resume",
+              file=sys.stderr)
+        return 130
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

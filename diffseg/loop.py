@@ -19,6 +19,7 @@ import torch
 
 from . import checkpoint, durable, run_state
 from .data import Splits, prepare
+from .data.torchdata import check_known
 from .errors import DataError, Diverged
 from .methods import Stage, Step, build_method
 from .rundir import RunDir
@@ -135,6 +136,7 @@ class Loop:
         self.data = prepare(cfg.data, progress=self.rt.is_main, root=self.rt.data_root, cache_dir=self.rt.cache_dir)
         if (self.rd.path / "splits.json").exists():
             self.data.splits = Splits.load(self.rd.path / "splits.json")
+            check_known(self.data.splits, list(self.data.index), self.rt.data_root)
         checkpoint.seed_everything(cfg.seed)
         self.method = build_method(cfg, self.data.source.channels, self.rt.prepare_model)
         if self.pretrained is not None and not self.method.pretrained:

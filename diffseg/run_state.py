@@ -55,11 +55,30 @@ def load_pretrained(path: Path, method: Method, cfg, numerics: dict, device) -> 
     if not isinstance(state, dict) or set(state.get("networks", {})) != set(method.pretrained):
         raise DataError(f"--pretrained {path} does not hold the networks stage 1 of "
                         f"'{cfg.method}' trains ({', '.join(method.pretrained)})")
-    for name, weights in state["networks"].items():
-        method.networks[name].load_state_dict(weights)
     mine, theirs = stage1_config(cfg, numerics), state.get("stage1", {})
+    for name, weights in state["networks"].items():
+        check_shapes(path, name, method.networks[name].state_dict(), weights, mine, theirs)
+        method.networks[name].load_state_dict(weights)
     differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
     return f" (made under other stage-1 settings: {', '.join(differ)})" if differ else ""
+
+
+def check_shapes(path: Path, name: str, want: dict, got: dict, mine: dict, theirs: dict) -> None:
+    """Weights of another architecture are refused naming the settings that differ (width,
+    depth, channels, dimensions), not with a page of tensor sizes."""
+    if not isinstance(got, dict):
+        raise DataError(f"--pretrained {path}: network '{name}' holds no weights")
+    wrong = [k for k in want if k not in got or tuple(got[k].shape) != tuple(want[k].shape)]
+    extra = [k for k in got if k not in want]
+    if not wrong and not extra:
+        return
+    keys = ("model.width", "model.depth", "model.arch", "data.dataset", "data.size")
+    differ = [f"{k} {theirs[k]} there, {mine[k]} here" for k in keys if k in theirs and k in mine and theirs[k] != mine[k]]
+    first = wrong[0] if wrong else extra[0]
+    shape = lambda d: tuple(d[first].shape) if first in d else "absent"  # noqa: E731
+    raise DataError(f"--pretrained {path} was made for another network shape ('{name}': {first} is {shape(got)} "
+                    f"there, {shape(want)} here" + (f"; {'; '.join(differ)}" if differ else
+                                                     "; the image channels or dimensions differ") + ")")
 
 
 def after_sharing_stage(method: Method) -> str:

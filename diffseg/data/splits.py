@@ -28,7 +28,16 @@ class Splits:
 
     @classmethod
     def load(cls, path: Path) -> "Splits":
-        data = json.loads(Path(path).read_text())
+        try:
+            data = json.loads(Path(path).read_text())
+            fields = {"labeled", "unlabeled", "val", "test"}
+            if not isinstance(data, dict) or set(data) != fields or not all(
+                    isinstance(v, list) and all(isinstance(n, str) for n in v) for v in data.values()):
+                raise ValueError(f"expected lists of names under {', '.join(sorted(fields))}")
+        except FileNotFoundError:
+            raise DataError(f"{path} not found: the run folder lost the record of its splits") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DataError(f"{path} is damaged ({exc}); the run's splits cannot be recovered from it") from None
         return cls(**{k: tuple(v) for k, v in data.items()})
 
 

@@ -109,6 +109,7 @@ def prepare(data_cfg, seed_splits: splits_mod.Splits | None = None, progress: bo
         path = ensure(source, str(cache_dir or ""), progress)
         with cache.open_cache(path) as fh:
             names = [n.decode() for n in fh["names"][()]]
+        check_known(seed_splits, names, root)
         return PreparedVolumes(source, path, seed_splits or make_run_splits(source, data_cfg),
                                {n: i for i, n in enumerate(names)}, np.zeros(1), np.ones(1),
                                tuple(data_cfg.patch), data_cfg.foreground_prob)
@@ -122,8 +123,21 @@ def prepare(data_cfg, seed_splits: splits_mod.Splits | None = None, progress: bo
             raise DataError(f"config key 'data.mean' has {len(data_cfg.mean)} values; dataset "
                             f"'{source.dataset}' has {len(mean)} channels")
         mean, std = np.asarray(data_cfg.mean, np.float32), np.asarray(data_cfg.std, np.float32)
+    check_known(seed_splits, names, root)
     return PreparedData(source, path, splits, {n: i for i, n in enumerate(names)}, mean, std,
                         window=(data_cfg.size, data_cfg.size) if data_cfg.scale > 0 else ())
+
+
+def check_known(splits: splits_mod.Splits | None, names: list[str], root) -> None:
+    """A run's recorded splits must name items the data still has (a data root that changed)."""
+    if splits is None:
+        return
+    known = set(names)
+    missing = sorted({n for part in (splits.labeled, splits.unlabeled, splits.val, splits.test) for n in part} - known)
+    if missing:
+        raise DataError(f"the run's splits.json names {len(missing)} item(s) the data under "
+                        f"{sources.data_root(root)} does not have ({', '.join(missing[:3])}"
+                        f"{' ...' if len(missing) > 3 else ''}): is --data-root the data the run was trained on?")
 
 
 def make_run_splits(source: sources.Source, data_cfg) -> splits_mod.Splits:

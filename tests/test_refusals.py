@@ -1,0 +1,68 @@
+"""Received and finished run folders are refused as one line (exit 2), never re-scored in place
+nor read half-right: a finished run, a --run-dir below a file, a torn or stale splits.json,
+--pretrained of another network; Ctrl-C exits 130 saying how to go on."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from diffseg import cli
+
+TINY = ["data.size=32", "model.width=4", "model.depth=2", "pretrain.epochs=1", "pretrain.iters_per_epoch=1",
+        "train.epochs=1", "train.iters_per_epoch=1", "data.synthetic_count=12"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("refusals") / "run"
+    assert cli.main(["debug", "--run-dir", str(folder), "--set", *TINY]) == 0
+    return folder
+
+
+def refused(argv, capsys, message):
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+
+
+def test_a_finished_run_is_final_and_a_run_dir_below_a_file_is_refused(run, tmp_path, capsys):
+    before = (run / "summary.json").read_text()
+    refused(["debug", "--run-dir", str(run), "--set", *TINY], capsys, "holds a finished run")
+    refused(["debug", "--run-dir", str(run), "--data-root", str(tmp_path), "--set", *TINY], capsys, "are final")
+    assert (run / "summary.json").read_text() == before
+    (tmp_path / "f").write_text("x")
+    refused(["debug", "--run-dir", str(tmp_path / "f"), "--set", *TINY], capsys, "is a file, not a folder")
+    refused(["debug", "--run-dir", str(tmp_path / "f" / "run"), "--set", *TINY], capsys, "is a file, not a folder")
+
+
+def test_torn_or_stale_splits_and_pretrained_of_another_width_are_one_line(run, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    (copy / ".lock").unlink(missing_ok=True)
+    (copy / "splits.json").write_text('{"labeled": ["a"')
+    refused(["eval", str(copy)], capsys, "splits.json is damaged")
+    splits = json.loads((run / "splits.json").read_text())
+    (copy / "splits.json").write_text(json.dumps(splits | {"test": splits["test"] + ["gone_image"]}))
+    refused(["eval", str(copy)], capsys, "names 1 item(s) the data under")
+    wider = [s for s in TINY if not s.startswith("model.width")] + ["model.width=8"]
+    refused(["train", "--config", "debug", "--run-dir", str(tmp_path / "w8"), "--pretrained",
+             str(run / "pretrained.pt"), "--set", *wider], capsys, "model.width 4 there, 8 here")
+
+
+def test_ctrl_c_exits_130_saying_how_to_resume(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "diffseg", "debug", "--run-dir", str(tmp_path / "run"),
+                             "--set", "data.size=32", "model.width=4", "model.depth=2", "pretrain.epochs=500"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "run" / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err and "run the same command to resume" in err
+    assert "Traceback" not in err
