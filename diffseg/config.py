@@ -269,6 +269,48 @@ def from_dict(data: dict):
     return validate(schema.merge(defaults(), data, moved=MOVED))
 
 
+# Keys added after run folders were first written, each with the value that reproduces what a
+# run made before it did (every one is also its default). A stored config that lacks one gets it,
+# and says so; one that lacks any other key of its run is refused, naming it.
+MIGRATIONS: dict[str, Any] = {
+    "data.labeled_draw": "hashed", "data.val_from": "train", "data.mean": (), "data.std": (),
+    "eval.every": 1, "eval.thresholds": (0.02, 0.98, 0.02), "loss.ramp": "sigmoid", "loss.ramp_per": "step",
+    "loss.supervised": "dice_ce", "cps.pseudo_loss": "ce"}
+STAGE_MIGRATIONS = {"momentum": 0.9, "weight_decay": 1e-4, "schedule": "halving"}  # in every stage section
+SECTIONS_OF: dict[str, tuple[str, ...]] = {}  # method -> the sections it declares (its registration fills it)
+
+
+def from_stored(data: dict, source: str, log=None):
+    """A config written by a run (config.yaml, a checkpoint, study.yaml), loaded as it ran: a key
+    it lacks is filled only by a documented migration (``MIGRATIONS``; the fill is logged), never
+    by today's default, and any other missing key of the core or of its method's sections is an
+    error naming it. Keys of other methods' sections do not affect the run and take defaults."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the stored config is not a mapping")
+    cfg = from_dict(data)
+    have = set(schema.flat_keys(data))
+    owned = {n for n, _, _ in CORE} | set(SECTIONS_OF.get(str(data.get("method", cfg.method)), ()))
+    filled, lacking = {}, []
+    for key, value in to_flat(cfg).items():
+        if key in have or key.split(".", 1)[0] not in owned:
+            continue
+        section, leaf = key.rsplit(".", 1) if "." in key else ("", key)
+        if key in MIGRATIONS:
+            filled[key] = MIGRATIONS[key]
+        elif leaf in STAGE_MIGRATIONS and isinstance(getattr(cfg, section.split(".")[0], None), StageConfig):
+            filled[key] = STAGE_MIGRATIONS[leaf]
+        else:
+            lacking.append(key)
+    if lacking:
+        raise ConfigError(f"{source}: the stored config lacks {', '.join(lacking[:5])}"
+                          f"{' ...' if len(lacking) > 5 else ''} (written by another version of diffseg): "
+                          f"scoring or resuming it with today's defaults would not be the run it was")
+    if filled and log is not None:
+        log(f"{source}: filled {', '.join(f'{k}={v!r}' for k, v in filled.items())} "
+            f"(keys added after it was written; these values are what it ran with)")
+    return apply_overrides(cfg, filled)
+
+
 def save(cfg, path: Path) -> None:
     import yaml
 

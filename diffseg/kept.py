@@ -2,6 +2,7 @@
 threshold, rebuilt for scoring (``score_kept``) and prediction."""
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def load_kept(run_dir: str | Path, device: torch.device) -> Kept:
     if not path.exists():
         raise FileNotFoundError(f"no kept model in {run_dir} (missing {path}); did the run finish an epoch?")
     state = checkpoint.load(path, device)
-    cfg = config_mod.from_dict(state["config"])
+    cfg = config_mod.from_stored(state["config"], str(path), log=lambda msg: print(msg, file=sys.stderr))
     method = build_method(cfg, state["channels"], lambda m: m.to(device))
     method.networks[state["predictor"]].load_state_dict(state["network"])
     method.train_mode(False)

@@ -310,9 +310,9 @@ class Loop:
                      f"(all-foreground {m['val_dice_all_foreground']:.3f})")
         if "val_readout_dice" in m:  # the readout diagnostic (diffseg/readout.py)
             head += (f"; readout {m['val_readout_dice']:.3f} (controls: image {m['val_readout_dice_image']:.3f}, "
-                     f"random teacher {m['val_readout_dice_random_teacher']:.3f}), AUC {m['val_mask_auc']:.3f}: "
+                     f"random init {m['val_readout_dice_random_init']:.3f}), AUC {m['val_mask_auc']:.3f}: "
                      + ("learned" if m["stage1_learned"] else "not learned: the readout beats no control"
-                        if m["val_readout_dice"] <= min(m['val_readout_dice_image'], m['val_readout_dice_random_teacher'])
+                        if m["val_readout_dice"] <= min(m['val_readout_dice_image'], m['val_readout_dice_random_init'])
                         else "not learned: a control reads as well"))
         best, sel = self.selection.best, self.selection.split
         if best is not None and f"{sel}_dice" in m:

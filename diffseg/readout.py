@@ -1,11 +1,12 @@
 """Stage 1's diagnostic: did the label-free mask learn something a reader of labels can use?
 
 The authors monitored stage 1 with a small readout trained on labels: a 3x3 convolution over
-the two mask channels, its gradients kept out of the teacher. Here, after each stage-1 epoch,
-such a readout is fitted afresh on the labeled split only (the maps detached: nothing reaches
-the teacher), its threshold chosen on validation and its pooled Dice scored on validation.
-Beside it: the threshold-free, polarity-free AUC of the two channels' difference, and two
-controls fitted the same way, on the raw image and on the teacher as randomly initialised.
+the two mask channels, its gradients kept out of the network that makes them. Here, after each
+stage-1 epoch, such a readout is fitted afresh on the labeled split only (the maps detached:
+nothing reaches the monitored network), its threshold chosen on validation and its pooled Dice
+scored on validation. Beside it: the threshold-free, polarity-free AUC of the two channels'
+difference, and two controls fitted the same way, on the raw image and on the monitored
+network as randomly initialised.
 A threshold scan always includes all-foreground, so beating all-foreground says little; stage 1
 "learned" only when its readout beats both controls. 2D images at the network's scale.
 """

@@ -92,7 +92,7 @@ class RunDir:
             self.checkpoints.mkdir(parents=True, exist_ok=True)
         durable.remove_stale_temporaries(self.path, self.checkpoints)
         if saved.exists():
-            old = config_mod.load(saved)
+            old = config_mod.from_stored(config_mod.read_yaml(saved, "config"), str(saved))
             if config_mod.to_dict(old) != config_mod.to_dict(cfg):
                 diff = {k: (v, config_mod.to_flat(cfg)[k]) for k, v in config_mod.to_flat(old).items()
                         if config_mod.to_flat(cfg)[k] != v}

@@ -98,11 +98,11 @@ class Selection:
 
         if self._controls is None:
             trained = copy.deepcopy(net.state_dict())
-            net.load_state_dict(self._random_init[name])  # the teacher as initialised, before any step
+            net.load_state_dict(self._random_init[name])  # the network as initialised, before any step
             random_dice = readout_of(self.method.predict(name))[0]
             net.load_state_dict(trained)
             self._controls = {"val_readout_dice_image": readout_of(None)[0],
-                              "val_readout_dice_random_teacher": random_dice}
+                              "val_readout_dice_random_init": random_dice}
         dice, val_maps = readout_of(self.method.predict(name))
         out = {"val_readout_dice": dice, "val_mask_auc": readout.auc(*val_maps)} | self._controls
         out["stage1_learned"] = float(dice > max(self._controls.values()))
@@ -165,7 +165,7 @@ class Selection:
                     last = record
         if last is None:
             return {}
-        keys = ("val_readout_dice", "val_readout_dice_image", "val_readout_dice_random_teacher", "val_mask_auc",
+        keys = ("val_readout_dice", "val_readout_dice_image", "val_readout_dice_random_init", "val_mask_auc",
                 "val_dice_unsupervised", "val_dice_all_foreground")
         return {"epoch": last["epoch"], "learned": bool(last["stage1_learned"])} | {k: last[k] for k in keys}
 

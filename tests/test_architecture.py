@@ -27,7 +27,8 @@ LAYERS = [
      "checkpoint", "runtime"},
     {"data"},
     {"methods"},
-    {"evaluate", "kept", "rundir", "visuals", "run_state", "selection", "loop", "bench", "predict", "datainfo"},
+    {"evaluate", "readout", "kept", "rundir", "visuals", "run_state", "selection", "loop", "bench", "predict",
+     "datainfo"},
     {"cli", "__main__", "__init__"},
 ]
 MAX_LINES = 350

@@ -50,10 +50,10 @@ def test_paper_method_records_the_readout_and_both_controls_per_stage1_epoch(tmp
     pre = [r for r in records if r["stage"] == "pretrain"]
     assert len(pre) == 2
     for r in pre:
-        for key in ("val_readout_dice", "val_mask_auc", "val_readout_dice_image", "val_readout_dice_random_teacher"):
+        for key in ("val_readout_dice", "val_mask_auc", "val_readout_dice_image", "val_readout_dice_random_init"):
             assert 0 <= r[key] <= 1, key
         assert r["stage1_learned"] == float(r["val_readout_dice"] > max(r["val_readout_dice_image"],
-                                                                       r["val_readout_dice_random_teacher"]))
+                                                                       r["val_readout_dice_random_init"]))
     # the controls do not change while stage 1 trains; the summary has the last epoch's verdict
     assert pre[0]["val_readout_dice_image"] == pre[1]["val_readout_dice_image"]
     assert summary["stage1"]["epoch"] == 1 and summary["stage1"]["learned"] == bool(pre[1]["stage1_learned"])

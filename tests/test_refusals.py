@@ -66,3 +66,20 @@ def test_ctrl_c_exits_130_saying_how_to_resume(tmp_path):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "interrupted" in err and "run the same command to resume" in err
     assert "Traceback" not in err
+
+
+def test_a_stored_config_is_loaded_as_it_ran_or_refused_naming_the_key():
+    from diffseg import config
+    from diffseg.errors import ConfigError
+
+    cfg = config.load("debug")  # the paper's method
+    stored = config.to_dict(cfg)
+    del stored["diffusion_cps"]["diffusion"]["start_t"]
+    with pytest.raises(ConfigError, match=r"best.pt: the stored config lacks diffusion_cps.diffusion.start_t"):
+        config.from_stored(stored, "best.pt")
+    older = config.to_dict(cfg)
+    del older["data"]["labeled_draw"], older["train"]["schedule"], older["cps"]  # cps: another method's section
+    notes = []
+    assert config.from_stored(older, "config.yaml", notes.append) == cfg
+    assert notes and "data.labeled_draw='hashed'" in notes[0] and "train.schedule='halving'" in notes[0]
+    assert "cps." not in notes[0]

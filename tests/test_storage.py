@@ -79,10 +79,11 @@ ls -A {cache} | sed 's/^/cache holds: /'
     epochs = [(s.split('"stage": "')[1].split('"')[0], s.split('"epoch": ')[1].split(",")[0]) for s in stages
               if '"epoch"' in s]
     assert len(epochs) == len(set(epochs)) and ("train", "1") in epochs, stages  # every epoch once
-    for name in ("read-only, the finished run again", "read-only, a new run"):
+    for name, why in (("read-only, the finished run again", "holds a finished run"),  # final before it is written
+                      ("read-only, a new run", "Read-only file system")):
         section = sections[name]
         assert "rc=2" in section and len(errors(section)) == 1, section
-        assert "Read-only file system" in errors(section)[0] and str(mnt) in errors(section)[0]
+        assert why in errors(section)[0] and str(mnt) in errors(section)[0]
     assert "summary intact" in sections["read-only, a new run"]
     cache_full = sections["full cache folder"]
     assert "rc=2" in cache_full and len(errors(cache_full)) == 1, cache_full

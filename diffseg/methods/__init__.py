@@ -30,6 +30,7 @@ def register(cls: type[Method]) -> type[Method]:
         config_mod.register_section(section, kind, factory)
     for old, new in cls.moved.items():
         config_mod.register_moved(old, new)
+    config_mod.SECTIONS_OF[cls.name] = tuple(cls.sections)
     METHODS[cls.name] = cls
     return cls
 
@@ -37,6 +38,7 @@ def register(cls: type[Method]) -> type[Method]:
 def unregister(name: str) -> None:
     """Take a method out of the table, with the sections no other method declares."""
     cls = METHODS.pop(name)
+    config_mod.SECTIONS_OF.pop(name, None)
     still = {s for m in METHODS.values() for s in m.sections}
     for section in set(cls.sections) - still:
         config_mod.unregister_section(section)
