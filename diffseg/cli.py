@@ -88,6 +88,16 @@ def cmd_eval(args) -> None:
     from .kept import load_kept, score_kept
 
     run_dir = Path(args.run_dir)
+    if not args.data_root:  # the data it was trained on, as its folder recorded it
+        from .rundir import recorded_data_root
+
+        args.data_root = recorded_data_root(run_dir)
+        if args.data_root and not Path(args.data_root).is_dir():
+            raise DiffsegError(f"{run_dir} was trained on data under {args.data_root}, which is not there now: "
+                               f"give --data-root")
+        if args.data_root:
+            print(f"data root: {args.data_root} (the one {run_dir} was trained on; --data-root to use another)",
+                  file=sys.stderr)
     rt = _runtime(args)
     kept = load_kept(run_dir, rt.device)
     cfg = kept.cfg

@@ -19,6 +19,8 @@ import torch
 
 from . import checkpoint, durable, run_state
 from .data import Splits, prepare
+from .data.cache import cache_dir
+from .data.sources import data_root
 from .data.torchdata import check_known
 from .errors import DataError, Diverged
 from .methods import Stage, Step, build_method
@@ -177,7 +179,9 @@ class Loop:
                 self.on_pretrained(path)
 
     def start(self) -> None:
-        resuming = self.rd.create(self.cfg, self.rt.device) if self.rt.is_main else self.rd.resumable()
+        where = {"data_root": str(data_root(self.rt.data_root).resolve()),
+                 "cache_dir": str(cache_dir(self.rt.cache_dir).resolve())}
+        resuming = self.rd.create(self.cfg, self.rt.device, where) if self.rt.is_main else self.rd.resumable()
         if self.rt.is_main:
             self.data.splits.save(self.rd.path / "splits.json")
             self.writer = self.rd.writer()

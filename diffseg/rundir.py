@@ -44,6 +44,14 @@ def environment(device: torch.device) -> dict:
     return info
 
 
+def recorded_data_root(run_dir: Path) -> str:
+    """The data root a run folder's environment.json says it was trained on ('' when none)."""
+    try:
+        return str(json.loads((Path(run_dir) / "environment.json").read_text()).get("data_root") or "")
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
 def _clean(value):
     if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
         return None
@@ -82,8 +90,10 @@ class RunDir:
 
         return self.last.exists() or previous(self.last).exists()
 
-    def create(self, cfg, device: torch.device) -> bool:
-        """Make the folder; returns True when an earlier run of the same config is to be resumed."""
+    def create(self, cfg, device: torch.device, where: dict | None = None) -> bool:
+        """Make the folder; returns True when an earlier run of the same config is to be resumed.
+        ``where``: the data root and cache folder it runs with, recorded in environment.json (facts
+        of where it ran, not hyperparameters: ``eval`` finds its data there)."""
         saved = self.path / "config.yaml"
         if self.resumable() and not saved.exists():
             raise ConfigError(f"run directory {self.path} holds checkpoints but no config.yaml (deleted?); "
@@ -100,7 +110,7 @@ class RunDir:
                                   f"(differs in {diff}); choose a new --run-dir")
         else:
             config_mod.save(cfg, saved)
-        durable.write_text(self.path / "environment.json", json.dumps(environment(device), indent=1))
+        durable.write_text(self.path / "environment.json", json.dumps(environment(device) | (where or {}), indent=1))
         return self.resumable()
 
     def log(self, record: dict) -> None:

@@ -83,3 +83,21 @@ def test_a_stored_config_is_loaded_as_it_ran_or_refused_naming_the_key():
     assert config.from_stored(older, "config.yaml", notes.append) == cfg
     assert notes and "data.labeled_draw='hashed'" in notes[0] and "train.schedule='halving'" in notes[0]
     assert "cps." not in notes[0]
+
+
+def test_eval_finds_the_data_the_run_was_trained_on_and_names_the_option_when_it_moved(shared_data, tmp_path, capsys):
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "glas").symlink_to(shared_data / "glas")  # a data root of the user's own (linked, not copied)
+    run = tmp_path / "run"
+    sets = ["method=supervised", "data.size=32", "model.width=4", "model.depth=2", "train.epochs=1",
+            "train.iters_per_epoch=1"]
+    assert cli.main(["debug", "--dataset", "glas", "--data-root", str(root), "--cache-dir", str(tmp_path / "c"),
+                     "--run-dir", str(run), "--set", *sets]) == 0
+    capsys.readouterr()
+    assert cli.main(["eval", str(run), "--cache-dir", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr()
+    assert f"data root: {root.resolve()} (the one {run} was trained on" in out.err
+    assert json.loads(out.out)["n"] == 80
+    root.rename(tmp_path / "moved")
+    refused(["eval", str(run)], capsys, "which is not there now: give --data-root")
