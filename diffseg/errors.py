@@ -25,3 +25,8 @@ class Diverged(DiffsegError):
     def __init__(self, message: str, stage: str, epoch: int, key: str):
         super().__init__(message)
         self.stage, self.epoch, self.key = stage, epoch, key
+
+
+class Interrupted(DiffsegError):
+    """Stopped before its end (Ctrl-C): what was saved stays; the message says how to continue.
+    The commands exit 130 for it, as for a Ctrl-C."""

@@ -46,3 +46,31 @@ def test_debug_into_a_run_folder_another_process_trains_is_refused_and_writes_no
         proc.wait()
     assert out.returncode == 2 and f"is in use by pid {proc.pid}" in out.stderr and "Traceback" not in out.stderr
     assert sorted(os.listdir(run)) == [".lock"]
+
+
+def test_a_second_search_of_one_study_name_is_refused_before_ray_starts(tmp_path, capsys):
+    from tune import cli as tune_cli
+
+    study_dir = tmp_path / "studies" / "smoke"
+    proc = holder(study_dir)
+    try:
+        assert tune_cli.main(["search", "smoke", "--storage", str(tmp_path / "studies")]) == 2
+    finally:
+        proc.kill()
+        proc.wait()
+    err = capsys.readouterr().err
+    assert f"study folder {study_dir} is in use by pid {proc.pid}" in err
+    assert sorted(p.name for p in study_dir.iterdir()) == [".lock"]  # the holder's folder, untouched
+
+
+def test_a_torn_study_yaml_is_named_by_report_and_resume(tmp_path, capsys):
+    from tune import cli as tune_cli
+
+    study_dir = tmp_path / "studies" / "torn"
+    study_dir.mkdir(parents=True)
+    for text, why in (("name: torn\nconfig: {}\n", "it lacks space"), ("name: [torn\n", "not YAML")):
+        (study_dir / "study.yaml").write_text(text)
+        for command in ("report", "resume"):
+            assert tune_cli.main([command, "torn", "--storage", str(tmp_path / "studies")]) == 2
+            err = capsys.readouterr().err
+            assert "study.yaml is damaged" in err and why in err and "Traceback" not in err, err

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from diffseg.errors import DiffsegError
+from diffseg.errors import DiffsegError, Interrupted
 
 
 def parser() -> argparse.ArgumentParser:
@@ -82,8 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             driver.resume(args.name, args.storage, args.address, args.verbose, trust=args.trust)
         return 0
+    except Interrupted as exc:  # Ctrl-C that Tune turned into an early return
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return 130
     except DiffsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # what to run next was said already (driver._fit)
         return 130

@@ -11,6 +11,7 @@ Experiment directory ``<storage>/<name>/``:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from pathlib import Path
@@ -22,6 +23,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from diffseg import durable
 from diffseg.config import ConfigError
+from diffseg.errors import Interrupted
 from diffseg.data import prepare
 
 from . import report, seal, tuner
@@ -42,24 +44,40 @@ def search(study_file: str, overrides: list[str] | None = None, name: str | None
     if name:
         study = dataclasses.replace(study, name=check_name(name))
     study_dir = study_dir_for(study.name, storage_for(storage))
-    if study_dir.exists() and any(study_dir.iterdir()):
-        raise ConfigError(f"study '{study.name}' already exists at {study_dir}; continue it with "
-                          f"`python -m tune resume {study.name}` or choose another --name")
-    say(f"study {study.name}: {study.trials} trials of {len(study.space)} parameters "
-        f"({', '.join(p.key for p in study.space)}), {study.searcher} search, scheduler {study.scheduler}")
-    say("checking the data (and building its cache once, before any trial starts)")
-    prepare(study.base_config().data, progress=True, root=study.data_root, cache_dir=study.cache_dir)
-    # the cluster check comes before the folder exists: a refusal must not take the name
-    tuner.connect(address, study.resources, verbose, study_dir.parent)
-    study_dir.mkdir(parents=True, exist_ok=True)
-    durable.write_text(study_dir / "study.yaml", study.to_yaml())  # whole or absent, even if killed
-    return _fit(build_tuner(study, study_dir), study, study_dir)
+    # one driver per study folder: two searches of one --name started together both passed the
+    # check below before either wrote anything; the lock decides (a folder holding only the lock
+    # file of a search that was refused later takes no name)
+    made = not study_dir.exists()
+    lock = durable.FolderLock(study_dir, "study folder").acquire()
+    try:
+        if any(p.name != ".lock" for p in study_dir.iterdir()):
+            raise ConfigError(f"study '{study.name}' already exists at {study_dir}; continue it with "
+                              f"`python -m tune resume {study.name}` or choose another --name")
+        say(f"study {study.name}: {study.trials} trials of {len(study.space)} parameters "
+            f"({', '.join(p.key for p in study.space)}), {study.searcher} search, scheduler {study.scheduler}")
+        say("checking the data (and building its cache once, before any trial starts)")
+        prepare(study.base_config().data, progress=True, root=study.data_root, cache_dir=study.cache_dir)
+        # the cluster check comes before anything but the lock is written: a refusal takes no name
+        tuner.connect(address, study.resources, verbose, study_dir.parent)
+        durable.write_text(study_dir / "study.yaml", study.to_yaml())  # whole or absent, even if killed
+        return _fit(build_tuner(study, study_dir), study, study_dir)
+    finally:
+        lock.release()
+        if made and not (study_dir / "study.yaml").exists():  # refused before it began: the name stays free
+            (study_dir / ".lock").unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                study_dir.rmdir()
 
 
 def resume(name: str, storage: str | None = None, address: str | None = None, verbose: bool = False,
            trust: bool = False) -> Path:
     study_dir = existing_study_dir(name, storage_for(storage))
-    study = study_from_yaml((study_dir / "study.yaml").read_text())
+    with durable.FolderLock(study_dir, "study folder"):  # one driver per study folder
+        return _resume(name, study_dir, address, verbose, trust)
+
+
+def _resume(name: str, study_dir: Path, address: str | None, verbose: bool, trust: bool) -> Path:
+    study = study_from_yaml((study_dir / "study.yaml").read_text(), study_dir / "study.yaml")
     # before anything is unpickled: the state is the one this installation sealed (tune/seal.py)
     trials_saved = seal.verify(study_dir, trust, say)
     tuner.connect(address, study.resources, verbose, study_dir.parent)
@@ -92,9 +110,9 @@ def _fit(tuner, study: Study, study_dir: Path) -> Path:
     ended = ended_trials(ot)
     if ended < study.trials:
         report.write(study_dir)
-        say(f"stopped after {ended} of {study.trials} trials ended; continue with "
-            f"`python -m tune resume {study.name}`")
-        return study_dir
+        # an interrupted study is not a finished one: `python -m tune` exits 130 for it
+        raise Interrupted(f"stopped after {ended} of {study.trials} trials ended; continue with "
+                          f"`python -m tune resume {study.name}`")
     close_lost_trials(ot)
     out = report.write(study_dir)
     best = study_dir / "best.yaml"

@@ -22,7 +22,7 @@ from .study import Study, study_from_yaml
 
 def write(study_dir: str | Path) -> Path:
     study_dir = Path(study_dir)
-    study = study_from_yaml((study_dir / "study.yaml").read_text())
+    study = study_from_yaml((study_dir / "study.yaml").read_text(), study_dir / "study.yaml")
     problems: list[str] = []  # damaged files, each named with what could not be read
     try:
         ot = optuna_study(study, study_dir)

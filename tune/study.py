@@ -261,11 +261,22 @@ def check_name(name: str) -> str:
     return name
 
 
-def study_from_yaml(text: str) -> Study:
-    """Read back a resolved study (the study.yaml of an experiment directory)."""
-    data = yaml.safe_load(text)
-    data["space"] = parse_space(data["space"], config_mod.from_dict(data["config"]))
-    return Study(**data)
+def study_from_yaml(text: str, source: str | Path = "study.yaml") -> Study:
+    """Read back a resolved study (the study.yaml of an experiment directory); a damaged one is
+    named, not a KeyError."""
+    try:
+        data = yaml.safe_load(text)
+        missing = {"space", "config", "name"} - set(data) if isinstance(data, dict) else {"a mapping"}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source} is damaged (not YAML: {str(exc)[:200]})") from None
+    if missing:
+        raise ConfigError(f"{source} is damaged (it lacks {', '.join(sorted(missing))}): the study cannot be "
+                          f"resumed or reported from it")
+    data["space"] = parse_space(data["space"], config_mod.from_stored(data["config"], str(source)))
+    try:
+        return Study(**data)
+    except TypeError as exc:
+        raise ConfigError(f"{source} is damaged ({exc})") from None
 
 
 def _absolute_paths(root: str, cache: str) -> dict:
