@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from .data.cache import network_shape, resize
+from .data.images import check_header
 from .data.sources import IMAGE_EXTS, read_image
 from .errors import DataError
 from .data.torchdata import normalise
@@ -70,6 +71,8 @@ def predict_folder(run_dir, input_dir, output_dir, probabilities: bool = False, 
         raise DataError(f"no images ({', '.join(IMAGE_EXTS)}) in input folder {input_dir}")
     check_outputs([(p.stem, p) for p in files], input_dir, output_dir,
                   (".png", "_prob.png") if probabilities else (".png",), overwrite)
+    for path in files:  # every header before any mask: a bad file is named before work starts
+        check_header(path)
     size, scale = kept.cfg.data.size, kept.cfg.data.scale
     gen = torch.Generator().manual_seed(kept.cfg.seed)  # CPU: diffusion._on
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -67,3 +67,15 @@ def test_predict_replaces_existing_masks_only_with_overwrite(run, tmp_path, caps
     assert (out / "a.png").read_bytes() == b"another run's mask"
     assert cli.main(["predict", str(run), "--input", str(inputs), "--output", str(out), "--overwrite"]) == 0
     assert digest(out) == first
+
+
+def test_an_image_declaring_too_many_pixels_is_refused_from_its_header(run, tmp_path, capsys):
+    from diffseg.data import images as images_mod
+
+    inputs = images(tmp_path / "in", "a.png")
+    Image.new("1", (9000, 9000)).save(inputs / "huge.png")  # 81 Mi pixels in a few kB
+    assert (inputs / "huge.png").stat().st_size < 2_000_000
+    assert cli.main(["predict", str(run), "--input", str(inputs), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "declares 9000x9000 pixels" in err and f"{images_mod.MAX_PIXELS // 2**20} Mi" in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # not one mask written

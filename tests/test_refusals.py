@@ -2,6 +2,7 @@
 nor read half-right: a finished run, a --run-dir below a file, a torn or stale splits.json,
 --pretrained of another network; Ctrl-C exits 130 saying how to go on."""
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -101,3 +102,27 @@ def test_eval_finds_the_data_the_run_was_trained_on_and_names_the_option_when_it
     assert json.loads(out.out)["n"] == 80
     root.rename(tmp_path / "moved")
     refused(["eval", str(run)], capsys, "which is not there now: give --data-root")
+
+
+def test_la_split_lists_get_the_checks_splits_csv_has(shared_data, tmp_path):
+    from diffseg import config
+    from diffseg.data import sources
+    from diffseg.errors import DataError
+
+    cases = (shared_data / "la" / "train.list").read_text().split()[:2]
+    test = (shared_data / "la" / "test.list").read_text().split()[:1]
+    root = tmp_path / "la"
+    root.mkdir()
+    for case in cases + test:
+        (root / case).symlink_to(shared_data / "la" / case)  # linked, never copied
+    cfg = config.load("debug3d").data
+    for train_list, test_list, message in [
+            (cases + test, test, f"LA case '{test[0]}' is listed in both"),
+            (cases + cases[:1], test, "is listed twice in"),
+            (cases + ["../la/" + cases[0]], test, "a case is a folder name inside")]:
+        (root / "train.list").write_text("\n".join(train_list))
+        (root / "test.list").write_text("\n".join(test_list))
+        with pytest.raises(DataError, match=re.escape(message)):
+            sources.open_source(cfg, tmp_path)
+    (root / "train.list").write_text("\n".join(cases))
+    assert len(sources.open_source(cfg, tmp_path).items) == 3

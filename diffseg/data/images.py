@@ -8,6 +8,33 @@ import numpy as np
 from ..errors import DataError
 from .items import Item
 
+# the most pixels an image or mask may have (its header is read first, before anything is
+# decoded): 64 Mi pixels (8192 x 8192), about 200 MB as 8-bit RGB. A 0.2 MB PNG can declare
+# 13300 x 13300 pixels and take 3.5 GB once decoded; PIL's own guard stops only past twice its limit
+MAX_PIXELS = 64 * 2**20
+
+
+def check_size(img, path: Path, what: str) -> None:
+    w, h = img.size
+    if w * h > MAX_PIXELS:
+        raise DataError(f"{what} file {path} declares {w}x{h} pixels ({w * h / 2**20:.0f} Mi), more than the "
+                        f"{MAX_PIXELS // 2**20} Mi this tool decodes (diffseg.data.images.MAX_PIXELS); shrink it first")
+
+
+def check_header(path: Path, what: str = "image") -> None:
+    """Refuse a file whose header declares more than MAX_PIXELS, before anything is decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            check_size(img, path, what)
+    except FileNotFoundError:
+        raise DataError(f"{what} file not found: {path}") from None
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{what} file {path} is too large to read safely ({exc}); shrink it first") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"cannot read {what} file {path}: {exc}") from None
+
 
 def read_image(path: Path, channels: int) -> np.ndarray:
     """(H, W, C) uint8. 16-bit and 32-bit grayscale images are scaled to 8 bits by their type's
@@ -15,7 +42,8 @@ def read_image(path: Path, channels: int) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
+        with Image.open(path) as img:  # lazy: only the header is read here
+            check_size(img, path, "image")
             if img.mode.startswith("I") or img.mode == "F":
                 wide = np.asarray(img).astype(np.float64)
                 top = 65535.0 if img.mode.startswith("I;16") or wide.max(initial=0) > 255 else 255.0
@@ -41,6 +69,7 @@ def read_mask(path: Path, instance_labels: bool = False, threshold: int = 0) -> 
 
     try:
         with Image.open(path) as img:
+            check_size(img, path, "mask")
             arr = np.asarray(img)
     except FileNotFoundError:
         raise DataError(f"mask file not found: {path}") from None

@@ -20,12 +20,20 @@ def la(root: Path, cfg) -> Source:
     spacing = tuple(getattr(cfg, "spacing", ()) or LA_SPACING)
     if not (root / "train.list").is_file() and (root / "Training Set").is_dir():
         return Source("la", root, 3, 1, la_challenge_items(root), read_la_nrrd, spacing=spacing)
-    items = []
+    items, listed_in = [], {}
     for split, listing in (("train", "train.list"), ("test", "test.list")):
         path = root / listing
         if not path.is_file():
             raise DataError(f"LA list file not found: {path} (or the challenge layout: {root / 'Training Set'})")
         for case in path.read_text().split():
+            # the checks splits.csv has: a case is one plain folder name inside the root, listed once
+            if case in (".", "..") or "/" in case or "\\" in case:
+                raise DataError(f"{path} lists '{case}': a case is a folder name inside {root}, not a path")
+            if case in listed_in:
+                where = "twice in " + str(path) if listed_in[case] == path else f"in both {listed_in[case]} and {path}"
+                raise DataError(f"LA case '{case}' is listed {where}" + (" (a test case trained on would leak "
+                                "into the test score)" if listed_in[case] != path else ""))
+            listed_in[case] = path
             h5 = root / case / "mri_norm2.h5"
             if not h5.is_file():
                 raise DataError(f"LA case '{case}' listed in {path} has no volume {h5}")
