@@ -74,3 +74,16 @@ def test_a_torn_study_yaml_is_named_by_report_and_resume(tmp_path, capsys):
             assert tune_cli.main([command, "torn", "--storage", str(tmp_path / "studies")]) == 2
             err = capsys.readouterr().err
             assert "study.yaml is damaged" in err and why in err and "Traceback" not in err, err
+
+
+def test_a_second_invocation_of_one_benchmark_is_refused_before_any_cell_runs(shared_data, tmp_path):
+    from experiments import benchmark
+
+    proc = holder(tmp_path / "smoke")
+    try:
+        with pytest.raises(StorageError, match=f"benchmark folder .* is in use by pid {proc.pid}"):
+            benchmark.run("smoke", storage=str(tmp_path), data_root=str(shared_data))
+    finally:
+        proc.kill()
+        proc.wait()
+    assert sorted(p.name for p in (tmp_path / "smoke").iterdir()) == [".lock"]
