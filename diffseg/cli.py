@@ -141,7 +141,9 @@ def parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     d = data.add_parser("info", help="counts, sizes, foreground fraction and splits of a dataset")
     d.add_argument("name")
-    d.add_argument("--config", default=None, help=argparse.SUPPRESS)
+    d.add_argument("--config", default="debug",
+                   help="the config whose splits and sizes to describe (default: debug, what `diffseg debug "
+                        "--dataset NAME` runs; e.g. glas, paper)")
     d.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="e.g. --set data.labeled_ratio=0.05 data.size=64")
     _where(d, device=False)

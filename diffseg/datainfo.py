@@ -29,6 +29,7 @@ def info(data_cfg, root: str = "", cache_dir: str = "") -> dict:
     sizes = sorted({tuple(int(v) for v in s) for s in shapes})
     out["sizes"] = [list(s) for s in sizes[:5]] + (["..."] if len(sizes) > 5 else [])
     out["n_sizes"] = len(sizes)
+    out["largest"] = max((max(s[:2]) for s in sizes), default=0)  # the longest side of any image
     out["foreground"] = {"mean": float(np.mean(fg)), "min": float(np.min(fg)), "max": float(np.max(fg))}
     return out
 
@@ -48,5 +49,10 @@ def format_info(d: dict, data_cfg) -> str:
     ]
     if "cache" in d:
         lines.append(f"cache       {d['cache']}")
+    largest = d["largest"]
+    if d["dim"] == 2 and data_cfg.scale == 0 and largest > 4 * data_cfg.size:
+        lines.append(f"advice      images up to {largest} px are resized to {data_cfg.size} px (over 4x smaller): "
+                     f"small structures may vanish; train on tiles with --set data.scale=0.5 (or another factor) "
+                     f"and evaluation slides a window over each image")
     lines += [f"note        {n}" for n in d["notes"]]
     return "\n".join(lines)

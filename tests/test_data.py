@@ -26,9 +26,13 @@ def test_glas_official_split_and_info(shared_data, capsys):
     src = sources.open_source(data_cfg("glas"), shared_data)
     assert len(src.names("train")) == 85 and len(src.names("test")) == 80
     assert cli.main(["data", "info", "glas", "--data-root", str(shared_data)]) == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().out  # by default the split `diffseg debug --dataset glas` uses (25 % labels)
     assert "85 training, 80 test images" in out
-    assert "validation 13" in out and "labeled 8" in out and "unlabeled 64" in out
+    assert "validation 13" in out and "labeled 18" in out and "unlabeled 54" in out
+    assert "advice      images up to 387 px are resized to 64 px" in out and "data.scale" in out
+    assert cli.main(["data", "info", "glas", "--config", "glas", "--data-root", str(shared_data)]) == 0
+    out = capsys.readouterr().out  # the paper's GlaS config: 10 % labels at 128 px
+    assert "validation 13" in out and "labeled 8" in out and "unlabeled 64" in out and "advice" not in out
 
 
 def test_ph2_drive_la_real(shared_data):
