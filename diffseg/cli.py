@@ -113,7 +113,7 @@ def cmd_predict(args) -> None:
     from .predict import predict_folder
 
     written = predict_folder(args.run_dir, args.input, args.output, args.probabilities, args.device,
-                             overwrite=args.overwrite)
+                             overwrite=args.overwrite, threshold=args.threshold)
     print(f"wrote {len(written)} files to {args.output}")
 
 
@@ -173,6 +173,8 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--input", required=True)
     pr.add_argument("--output", required=True)
     pr.add_argument("--probabilities", action="store_true", help="also write <name>_prob.png (<name>_prob.nii.gz)")
+    pr.add_argument("--threshold", type=float, default=None,
+                    help="foreground probability to cut at (default: the threshold the run kept)")
     pr.add_argument("--overwrite", action="store_true",
                     help="replace files of the same names already in --output (refused otherwise)")
     pr.add_argument("--device", default="auto")

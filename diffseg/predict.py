@@ -6,6 +6,7 @@ does (``evaluate.upsample``). Volumes (a run on a 3D dataset): NIfTI masks (``.n
 input's spacing, from a sliding window of the training patch over the whole volume."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -58,12 +59,18 @@ def check_outputs(inputs: list[tuple[str, Path]], input_dir: Path, output_dir: P
 
 @torch.no_grad()
 def predict_folder(run_dir, input_dir, output_dir, probabilities: bool = False, device: str = "auto",
-                   log=print, overwrite: bool = False) -> list[Path]:
+                   log=print, overwrite: bool = False, threshold: float | None = None) -> list[Path]:
+    """Masks of every image (or volume) in ``input_dir``, at the kept threshold or ``threshold``."""
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not input_dir.is_dir():
         raise DataError(f"input folder not found: {input_dir}")
+    if threshold is not None and not 0 <= threshold < 1:
+        raise DataError(f"--threshold {threshold}: a foreground probability in [0, 1)")
     rt = local(device)
     kept = load_kept(run_dir, rt.device)
+    if threshold is not None:
+        log(f"threshold {threshold:g} (the run kept {kept.threshold:g})")
+        kept = dataclasses.replace(kept, threshold=threshold)
     if kept.dims == 3:
         return predict_volumes(kept, rt, input_dir, output_dir, probabilities, log, overwrite)
     files = sorted(p for p in input_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS)

@@ -123,7 +123,11 @@ class Selection:
             summary["selected"] = kept.selected | {"threshold_at_edge": True}
             summary["threshold_note"] = (f"the threshold {kept.threshold:.2f} sits at the end of the grid "
                                          f"({self.thresholds[0]:.2f}-{self.thresholds[-1]:.2f}): the "
-                                         f"model's probabilities are poorly calibrated")
+                                         f"model's probabilities are poorly calibrated, and a structure it "
+                                         f"found with less confidence may be erased. Look at them with "
+                                         f"`diffseg predict RUN --probabilities`; try longer training (train.epochs) "
+                                         f"or other unlabeled-loss weights; `predict --threshold T` overrides "
+                                         f"the kept threshold")
         if cfg.protocol == "paper":
             summary["note"] = PAPER_NOTE
         stage1 = self.stage1_diagnostic()

@@ -79,3 +79,14 @@ def test_an_image_declaring_too_many_pixels_is_refused_from_its_header(run, tmp_
     err = capsys.readouterr().err
     assert "declares 9000x9000 pixels" in err and f"{images_mod.MAX_PIXELS // 2**20} Mi" in err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # not one mask written
+
+
+def test_threshold_overrides_the_kept_one(run, tmp_path, capsys):
+    inputs = images(tmp_path / "in", "a.png")
+    for t, name in ((0.0, "all"), (0.9999, "none")):
+        assert cli.main(["predict", str(run), "--input", str(inputs), "--output", str(tmp_path / name),
+                         "--threshold", str(t)]) == 0
+    assert (np.array(Image.open(tmp_path / "all" / "a.png")) == 255).all()  # softmax > 0 everywhere
+    assert cli.main(["predict", str(run), "--input", str(inputs), "--output", str(tmp_path / "x"),
+                     "--threshold", "1.5"]) == 2
+    assert "--threshold 1.5" in capsys.readouterr().err
