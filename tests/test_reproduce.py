@@ -181,3 +181,13 @@ def test_reproduce_table_pairs_the_two_protocols_by_seed(tmp_path):
     with pytest.raises(SystemExit, match="was not written by this table"):
         reproduce_table.write(tmp_path, tmp_path / "mine")
     assert (tmp_path / "mine" / "table.md").read_text() == "my notes"
+
+
+def test_the_ablation_file_runs_each_variant_of_the_paper_method_against_it():
+    bench = benchmark.load("ablation")
+    assert bench.methods == ("diffusion_cps", "no_stage1", "one_round", "chained")
+    assert [bench.parent(m) for m in bench.methods] == [None, "diffusion_cps", "diffusion_cps", "diffusion_cps"]
+    cfg = {c.name: c.config for c in bench.cells()}
+    assert cfg["ph2-no_stage1-r10-s2"]["pretrain"]["epochs"] == 0
+    assert cfg["glas-diffusion_cps-r10-s0"]["diffusion_cps"]["rounds"] == 3
+    assert cfg["glas-chained-r10-s1"]["diffusion_cps"]["round_mode"] == "chained"
