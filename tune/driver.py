@@ -26,7 +26,7 @@ from diffseg.config import ConfigError
 from diffseg.errors import Interrupted
 from diffseg.data import prepare
 
-from . import report, seal, tuner
+from . import report, seal, tuner, warm
 from .jobs import storage_for
 from .paths import existing_study_dir, journal, study_dir_for
 from .progress import Progress
@@ -59,7 +59,10 @@ def search(study_file: str, overrides: list[str] | None = None, name: str | None
         prepare(study.base_config().data, progress=True, root=study.data_root, cache_dir=study.cache_dir)
         # the cluster check comes before anything but the lock is written: a refusal takes no name
         tuner.connect(address, study.resources, verbose, study_dir.parent)
+        other_dir = warm_source(study, study_dir)
         durable.write_text(study_dir / "study.yaml", study.to_yaml())  # whole or absent, even if killed
+        for line in warm.seed_journal(study, journal(study_dir), journal(other_dir) if other_dir else None):
+            say(line)
         return _fit(build_tuner(study, study_dir), study, study_dir)
     finally:
         lock.release()
@@ -67,6 +70,19 @@ def search(study_file: str, overrides: list[str] | None = None, name: str | None
             (study_dir / ".lock").unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 study_dir.rmdir()
+
+
+def warm_source(study: Study, study_dir: Path) -> Path | None:
+    """The folder of the study this one warm-starts from (beside it), checked to agree."""
+    if not study.warm_start:
+        return None
+    other_dir = study_dir.parent / study.warm_start
+    if not (other_dir / "study.yaml").is_file() or not (other_dir / "optuna.journal").is_file():
+        raise ConfigError(f"warm_start: no study '{study.warm_start}' at {other_dir} (its study.yaml and "
+                          f"optuna.journal), in the same storage as this one")
+    warm.check_warm_source(study, study_from_yaml((other_dir / "study.yaml").read_text(), other_dir / "study.yaml"),
+                           other_dir)
+    return other_dir
 
 
 def resume(name: str, storage: str | None = None, address: str | None = None, verbose: bool = False,

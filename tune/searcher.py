@@ -14,6 +14,8 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from .warm import WARM
+
 
 class StudySearch(OptunaSearch):
     def __init__(self, *args, max_epochs: int, budget: int = 0, **kwargs):
@@ -26,7 +28,8 @@ class StudySearch(OptunaSearch):
             orphan = self._orphan()
             if orphan is not None:  # its parameters were drawn already: the new Tune trial runs them
                 self._ot_trials[trial_id] = orphan
-            elif self.budget and len(self._ot_study.get_trials(deepcopy=False)) >= self.budget:
+            elif self.budget and sum(WARM not in t.user_attrs for t in self._ot_study.get_trials(deepcopy=False)) \
+                    >= self.budget:  # trials copied from another study (warm_start) are not this one's
                 # every trial of the budget was asked already and is known or reused: a restored
                 # search state older than Tune's would otherwise ask one more (seen: a seventh
                 # trial of six, drawing the same parameters as an earlier one)

@@ -48,6 +48,8 @@ class Study:
     # where the trials find the data and the cache: not part of the config (see diffseg.config.MOVED)
     data_root: str = ""
     cache_dir: str = ""
+    enqueue: str = ""  # "base": the first trial runs the base config's own values (tune/warm.py)
+    warm_start: str = ""  # another study (a name in the same storage) whose finished trials TPE starts from
 
     @property
     def metrics(self) -> list[str]:
@@ -182,6 +184,10 @@ class StudyFile:
     resources: WorkerSection = field(default_factory=WorkerSection)
     concurrency: int = spec(1, low=1)  # trials at once
     max_failures: int = spec(1, low=0)  # restarts of a failed trial's workers (tuner.trial_restarts)
+    # "base": the first trial runs the base config's own values of the searched keys (for the
+    # paper's method, with the paper's config: the paper's settings), before the searcher draws
+    enqueue: str = spec("", choices=("", "base"))
+    warm_start: str = ""  # a finished study in the same storage: its trials inform the searcher first
 
 
 def parse_study(data: dict, overrides=None, source: str = "", data_root: str = "", cache_dir: str = "",
@@ -204,7 +210,8 @@ def parse_study(data: dict, overrides=None, source: str = "", data_root: str = "
         grace_period=f.scheduler.grace_period, reduction_factor=f.scheduler.reduction_factor,
         workers=f.resources.workers, cpus_per_worker=f.resources.cpus_per_worker,
         gpus_per_worker=f.resources.gpus_per_worker, concurrency=f.concurrency, max_failures=f.max_failures,
-        source=source, **_absolute_paths(data_root, cache_dir))
+        source=source, **_absolute_paths(data_root, cache_dir), enqueue=f.enqueue,
+        warm_start=check_name(f.warm_start) if f.warm_start else "")
     for m in study.metrics:
         if not reported(m, cfg):
             raise ConfigError(f"objective metric '{m}' is not one a trial reports; use val_dice (the kept "
@@ -213,6 +220,10 @@ def parse_study(data: dict, overrides=None, source: str = "", data_root: str = "
     if cfg.protocol == "paper" and any(m.startswith("val_") for m in study.metrics):
         raise ConfigError(f"objective '{study.metric}': under protocol=paper the trials select on the test "
                           f"split and report test_* metrics (test_dice), never val_*")
+    if study.enqueue == "base":
+        from .warm import base_point
+
+        base_point(study)  # refused now when the base values lie outside the space
     if study.second_metric and study.second_metric == study.metric:
         raise ConfigError("second_objective.metric must differ from objective.metric")
     if study.scheduler == "asha" and study.grace_period > study.max_epochs:
