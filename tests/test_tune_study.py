@@ -231,3 +231,21 @@ def test_a_study_file_inherits_from_another(tmp_path):
     (tmp_path / "old.yaml").write_text("base: debug\nspace: {train.lr: {float: [0.001, 0.01]}}\n")
     with pytest.raises(ConfigError, match="'debug' is a config: write 'config: debug'"):
         load_study(tmp_path / "old.yaml")
+
+
+def test_the_html_report_draws_optunas_figures_offline(tmp_path):
+    import re
+
+    from tune.report_html import write_html
+
+    study = parse_study(study_with())
+    ot = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    ot.optimize(lambda t: t.suggest_float("diffusion_cps.loss.cps", 0.1, 2.0, log=True)
+                + t.suggest_int("diffusion_cps.rounds", 1, 3), n_trials=6)
+    page = write_html(study, ot, tmp_path).read_text()
+    assert re.findall(r'id="(fig-[a-z0-9-]+)"', page) == [
+        "fig-optimisation-history", "fig-parallel-coordinates-complete-trials", "fig-parameter-importance",
+        "fig-slices-the-objective-against-each-parameter"]
+    assert '<script src="http' not in page and page.count("Plotly.newPlot") == 4  # plotly.js inline, once
+    one = optuna.create_study()
+    assert "not available" in write_html(study, one, tmp_path).read_text()  # no trial yet: said, not raised

@@ -1,9 +1,9 @@
-"""The study report's plots (matplotlib, from the report's rows; no Ray): learning curves,
-Optuna's parameter importance, and a parallel-coordinates view of the trials."""
+"""The study report's static plots (matplotlib, from the report's rows; no Ray): learning curves
+and a parallel-coordinates view of every trial, pruned ones included. Optuna's own interactive
+figures are in report.html (tune/report_html.py)."""
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 
 from .study import Study
@@ -24,8 +24,9 @@ def make_plots(study: Study, rows: list[dict], study_dir: Path, ot=None) -> dict
     matplotlib.use("Agg")
     folder = study_dir / "plots"
     folder.mkdir(exist_ok=True)
-    return {"curves": _curves(study, rows, folder), "importance": _importance(study, ot, folder),
-            "parallel": _parallel(study, rows, folder)}
+    # parameter importance (and Optuna's own parallel coordinates, history and slices) are in
+    # report.html (tune/report_html.py); this parallel-coordinates view also shows pruned trials
+    return {"curves": _curves(study, rows, folder), "parallel": _parallel(study, rows, folder)}
 
 
 def _curves(study: Study, rows: list[dict], folder: Path) -> str:
@@ -54,34 +55,6 @@ def _curves(study: Study, rows: list[dict], folder: Path) -> str:
 
 
 FEW_TRIALS = 5  # below this many complete trials, parameter importance is noise
-
-
-def _importance(study: Study, ot, folder: Path) -> str:
-    import matplotlib.pyplot as plt
-    import optuna
-
-    if ot is None:
-        return "parameter importance not available: no Optuna journal yet"
-    try:
-        target = (lambda t: t.values[0]) if study.second_metric else None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "few trials per regime": expected in small studies
-            scores = optuna.importance.get_param_importances(ot, target=target)
-    except Exception as exc:  # too few complete trials, or no parameter varied
-        return f"parameter importance not available: {exc}"
-    if not scores:
-        return "parameter importance not available: no complete trial yet"
-    complete = len([t for t in ot.get_trials(deepcopy=False) if t.state.name == "COMPLETE"])
-    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * len(scores)))
-    ax.barh(list(scores)[::-1], list(scores.values())[::-1])
-    ax.tick_params(labelsize=10)
-    ax.set_xlabel(f"importance for {study.metric} (Optuna's default evaluator)", fontsize=10)
-    ax.set_title(f"from {complete} complete trial(s)"
-                 + (f": fewer than {FEW_TRIALS}, a sketch only" if complete < FEW_TRIALS else ""), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(folder / "param_importance.png", dpi=110)
-    plt.close(fig)
-    return "plots/param_importance.png"
 
 
 def _parallel(study: Study, rows: list[dict], folder: Path) -> str:

@@ -17,6 +17,7 @@ from diffseg.rundir import read_jsonl
 
 from .paths import WORKER_STARTS, trial_starts
 from .plots import FEW_TRIALS, is_number as _num, make_plots, split_of as _split
+from .report_html import write_html
 from .study import Study, study_from_yaml
 
 
@@ -36,6 +37,9 @@ def write(study_dir: str | Path) -> Path:
     if best is not None:
         write_best(study, best, study_dir)
     plots = make_plots(study, rows, study_dir, ot)
+    page = write_html(study, ot, study_dir)
+    plots["importance"] = ("report.html" if page else
+                           "parameter importance not available: no Optuna journal yet")
     text = markdown(study, rows, best, plots, study_dir)
     if problems:
         text += "\n## Damaged files\n\n" + "\n".join(f"- {p}" for p in problems) + "\n"
@@ -209,10 +213,14 @@ def markdown(study: Study, rows: list[dict], best: dict | None, plots: dict, stu
     for title, name in (("Validation Dice per trial over epochs", "curves"),
                         ("Parameter importance", "importance"), ("Parallel coordinates", "parallel")):
         lines.append(f"## {title}")
-        lines.append(f"![{name}]({plots[name]})" if name in plots and plots[name].endswith(".png")
-                     else f"_{plots.get(name, 'not drawn')}_")
+        if plots.get(name) == "report.html":  # Optuna's interactive figures
+            lines.append(f"Optuna's parameter importance, parallel coordinates, history and slices: "
+                         f"[report.html](report.html) (opens from this folder, no server)")
+        else:
+            lines.append(f"![{name}]({plots[name]})" if name in plots and plots[name].endswith(".png")
+                         else f"_{plots.get(name, 'not drawn')}_")
         complete = sum(r["state"] == "COMPLETE" for r in rows)
-        if name == "importance" and plots.get(name, "").endswith(".png") and complete < FEW_TRIALS:
+        if name == "importance" and plots.get(name) == "report.html" and complete < FEW_TRIALS:
             lines.append(f"_Caveat: importance rests on {complete} complete trial(s), fewer than {FEW_TRIALS}; "
                          f"it cannot rank the parameters yet._")
         lines.append("")
