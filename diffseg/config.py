@@ -71,6 +71,10 @@ class EvalConfig:
     overlap: float = spec(0.25, low=0.0)  # sliding-window overlap when data.scale > 0 (Gaussian blending)
     # validate (and so select) every N epochs of the selecting stage, and always after its last
     every: int = spec(1, low=1, high=1_000_000)
+    # 0: each epoch's validation scores the whole selecting split; > 0: at most this many of its
+    # items (a hashed subset, the same every epoch), so a large dataset's epochs stay short; the
+    # kept model is scored on the whole split at the end
+    max_items: int = spec(0, low=0, high=10**7)
     # the threshold grid (start, stop, step) searched on the selecting split by pooled Jaccard;
     # the authors' code searched 0 to 0.88
     thresholds: tuple[float, ...] = (0.02, 0.98, 0.02)
@@ -274,7 +278,7 @@ def from_dict(data: dict):
 # and says so; one that lacks any other key of its run is refused, naming it.
 MIGRATIONS: dict[str, Any] = {
     "data.labeled_draw": "hashed", "data.val_from": "train", "data.mean": (), "data.std": (),
-    "eval.every": 1, "eval.thresholds": (0.02, 0.98, 0.02), "loss.ramp": "sigmoid", "loss.ramp_per": "step",
+    "eval.every": 1, "eval.max_items": 0, "eval.thresholds": (0.02, 0.98, 0.02), "loss.ramp": "sigmoid", "loss.ramp_per": "step",
     "loss.supervised": "dice_ce", "cps.pseudo_loss": "ce"}
 STAGE_MIGRATIONS = {"momentum": 0.9, "weight_decay": 1e-4, "schedule": "halving"}  # in every stage section
 SECTIONS_OF: dict[str, tuple[str, ...]] = {}  # method -> the sections it declares (its registration fills it)

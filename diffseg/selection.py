@@ -31,15 +31,32 @@ class Selection:
         self._truth: dict[str, Truth] = {}
 
     def truth(self, part: str) -> Truth:
-        """A split's ground truth at the scoring resolution, read once per run."""
-        if part not in self._truth:
-            self._truth[part] = self.data.truth(part, self.cfg.eval.resolution)
-        return self._truth[part]
+        """A split's ground truth at the scoring resolution, read once per run ("epoch:" + a
+        split: the items each epoch's validation scores, see ``items``)."""
+        items = self.items(part)
+        key = items if isinstance(items, str) else part  # the whole split is read once, whoever asks
+        if key not in self._truth:
+            self._truth[key] = self.data.truth(items, self.cfg.eval.resolution)
+        return self._truth[key]
+
+    def items(self, part: str) -> str | list[str]:
+        """A split by name, or for "epoch:<split>" at most ``eval.max_items`` of its names (a
+        hashed choice, the same every epoch and on every machine; the whole split when 0): what
+        each epoch's validation and the stage-1 readout (fitted on "epoch:labeled") read."""
+        if not part.startswith("epoch:"):
+            return part
+        split, cap = part.split(":", 1)[1], self.cfg.eval.max_items
+        names = list(getattr(self.data.splits, split))
+        if cap <= 0 or len(names) <= cap:
+            return split
+        import hashlib
+
+        return sorted(sorted(names, key=lambda n: hashlib.sha256(f"epoch-items:{n}".encode()).hexdigest())[:cap])
 
     def probabilities(self, name: str, part: str) -> list:
         with self.method.evaluating():
-            probs = evaluate.collect(self.method.predict(name), self.data.dataset(part), self.rt, self.cfg.seed,
-                                     overlap=self.cfg.eval.overlap)
+            probs = evaluate.collect(self.method.predict(name), self.data.dataset(self.items(part)), self.rt,
+                                     self.cfg.seed, overlap=self.cfg.eval.overlap)
         return self.truth(part).resize(probs)
 
     def due(self, epoch: int, epochs: int) -> bool:
@@ -50,9 +67,9 @@ class Selection:
     def validate(self, epoch: int, writer=None) -> dict:
         """Score every predictor on the selecting split; keep the best so far as best.pt. Metric
         names carry the split they come from (``test_`` under protocol=paper)."""
-        sel, out, truth = self.split, {}, self.truth(self.split)
+        sel, out, truth = self.split, {}, self.truth("epoch:" + self.split)
         for name in self.method.predictors:
-            probs = self.probabilities(name, sel)
+            probs = self.probabilities(name, "epoch:" + sel)
             thr, _ = evaluate.best_threshold(probs, truth.gts, truth.fovs, self.thresholds)
             dice = evaluate.score(probs, truth.gts, truth.fovs, thr, surface=False)["dice"]
             out[f"{sel}_dice_{name}"], out[f"{sel}_threshold_{name}"] = dice, thr
@@ -73,8 +90,8 @@ class Selection:
         diagnostic (``readout``). Nothing here feeds a gradient."""
         if not stage.monitor or not self.data.splits.val:
             return {}
-        truth = self.truth("val")
-        probs = self.probabilities(stage.monitor, "val")
+        truth = self.truth("epoch:val")
+        probs = self.probabilities(stage.monitor, "epoch:val")
         out = {"val_dice_unsupervised": evaluate.label_free_dice(probs, truth.gts, truth.fovs),
                "val_dice_all_foreground": truth.trivial()["all_foreground_dice"]}
         if self.method.dims == 2 and not self.data.window:
@@ -88,7 +105,7 @@ class Selection:
     def diagnostic(self, name: str) -> dict:
         """The readout of network ``name``'s mask, its AUC, and the two controls (computed once:
         neither changes while the stage trains)."""
-        parts = (self.data.dataset("labeled"), self.data.dataset("val"))
+        parts = (self.data.dataset(self.items("epoch:labeled")), self.data.dataset(self.items("epoch:val")))
         net = self.method.networks[name]
 
         def readout_of(predict) -> tuple[float, tuple]:

@@ -91,7 +91,7 @@ class PreparedData:
         return CachedImages(self.cache_path, [self.index[n] for n in names], self.mean, self.std,
                             train=train, jitter=jitter, with_mask=with_mask, window=self.window, augment=augment)
 
-    def truth(self, part: str, resolution: str = "original") -> Truth:
+    def truth(self, part: str | list[str], resolution: str = "original") -> Truth:
         return Truth.of_images(self, part, resolution)
 
 

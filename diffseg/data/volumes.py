@@ -167,10 +167,10 @@ class PreparedVolumes:
         return VolumeItems(self.cache_path, [self.index[n] for n in names], self.patch, train=train,
                            foreground_prob=self.foreground_prob, jitter=jitter, augment=augment, with_mask=with_mask)
 
-    def truth(self, part: str, resolution: str = "original"):
-        """Whole masks of a split (volumes are scored at their own size whatever the resolution
-        asked) with each volume's spacing."""
-        names = getattr(self.splits, part)
+    def truth(self, part: str | list[str], resolution: str = "original"):
+        """Whole masks of a split or a list of names (volumes are scored at their own size
+        whatever the resolution asked) with each volume's spacing."""
+        names = getattr(self.splits, part) if isinstance(part, str) else part
         items = {it.name: it for it in self.source.items}
         with open_cache(self.cache_path) as fh:
             gts = [fh[f"masks/{self.index[n]}"][()].astype(bool) for n in names]
