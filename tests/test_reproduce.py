@@ -191,3 +191,15 @@ def test_the_ablation_file_runs_each_variant_of_the_paper_method_against_it():
     assert cfg["ph2-no_stage1-r10-s2"]["pretrain"]["epochs"] == 0
     assert cfg["glas-diffusion_cps-r10-s0"]["diffusion_cps"]["rounds"] == 3
     assert cfg["glas-chained-r10-s1"]["diffusion_cps"]["round_mode"] == "chained"
+
+
+def test_max_items_bounds_each_epochs_validation_and_the_kept_model_is_scored_on_all(tmp_path):
+    cfg = config.load("debug", {"method": "supervised", "data.size": 32, "data.synthetic_count": 40, "model.width": 4,
+                                "model.depth": 2, "train.epochs": 2, "train.iters_per_epoch": 1, "eval.max_items": 2,
+                                "data.val_ratio": 0.25})
+    loop = Loop(cfg, tmp_path / "run", log=lambda m: None)
+    chosen = loop.selection.items("epoch:val")
+    assert len(chosen) == 2 and set(chosen) <= set(loop.data.splits.val) and chosen == loop.selection.items("epoch:val")
+    assert loop.selection.items("val") == "val"
+    summary = loop.fit()
+    assert summary["val"]["n"] == len(loop.data.splits.val) > 2
