@@ -106,6 +106,7 @@ class Benchmark:
     variants: dict = field(default_factory=dict)  # name -> Variant
     exclude: tuple = ()  # group names (dataset-variant-rNN) not run
     reference: dict = field(default_factory=dict)  # group name -> {dice, source, protocol}
+    set: dict = field(default_factory=dict)  # dotted overrides of every cell, after the preset
 
     def cells(self, available: set[str] | None = None) -> list[Cell]:
         out = []
@@ -121,7 +122,7 @@ class Benchmark:
                         base_file = self.tuned.get(dataset, base) if v.method == "diffusion_cps" else base
                         cell = Cell(dataset, ratio, seed, name, {})
                         try:
-                            cfg = config_mod.load(base_file, preset_for(self.preset, dataset) | v.set | {
+                            cfg = config_mod.load(base_file, preset_for(self.preset, dataset) | self.set | v.set | {
                                 "method": v.method, "data.labeled_ratio": ratio, "data.labeled_count": 0,
                                 "seed": seed, "data.split_seed": seed, "name": cell.name})
                         except ConfigError as exc:
@@ -155,6 +156,7 @@ class BenchmarkFile:
     # {dotted.key: value, ...}}, the method with those overrides (on top of the preset)
     methods: tuple = ()
     preset: str = spec("small", choices=tuple(PRESETS))
+    set: dict = field(default_factory=dict)  # dotted config overrides of every cell (after the preset)
     exclude: tuple[str, ...] = ()  # rows not run, as dataset-variant-rNN (glas-ua_mt-r20)
     # published values beside the table: dataset-variant-rNN -> {dice: percent, source: ...,
     # protocol: ...}
@@ -195,7 +197,8 @@ def parse(data: dict, preset: str | None = None, source: str = "") -> Benchmark:
     reference = {key: check_reference(key, value, groups) for key, value in f.reference.items()}
     bench = Benchmark(check_name(str(f.name or Path(source).stem)), dict(f.datasets), f.ratios, f.seeds, methods,
                       f.preset, dict(f.tuned), f.resources.with_trials(f.concurrency, f.max_failures), source,
-                      {n: v for n, v in variants.items() if v.set or v.method != n}, tuple(f.exclude), reference)
+                      {n: v for n, v in variants.items() if v.set or v.method != n}, tuple(f.exclude), reference,
+                      dict(f.set))
     names = [c.name for c in bench.cells()]  # every cell's config is checked now, before anything runs
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:  # one folder for two cells: one of them would silently never run
@@ -244,15 +247,14 @@ def available(bench: Benchmark, data_root: str = "") -> set[str]:
 
 
 def run(file: str, preset: str | None = None, name: str | None = None, storage: str | None = None,
-        address: str | None = None, data_root: str = "", log=print, only: tuple[str, ...] = ()) -> Path:
+        address: str | None = None, data_root: str = "", log=print, only: tuple[str, ...] = (),
+        local: int = 0, device: str = "auto") -> Path:
     """Run every cell not finished yet (a Ray Tune grid: ``tune.grid``), then write the report.
     ``only``: shell patterns of cell names (``glas-cps-r10-s[0-2]``); the others wait for a
     later run of the same benchmark."""
     import fnmatch
 
     import dataclasses
-
-    from tune import grid
 
     from . import bench_report
 
@@ -278,9 +280,15 @@ def run(file: str, preset: str | None = None, name: str | None = None, storage: 
         + (f", {len(cells)} of its {len(every)} by --only" if only else "") + f"), preset {bench.preset}; "
         f"{len(done)} already finished, {len(pending)} to run")
     bench_dir.mkdir(parents=True, exist_ok=True)
+    if not local:
+        from tune import grid
     with FolderLock(bench_dir, "benchmark folder"):  # a second invocation on it is refused, naming this one
         (bench_dir / "benchmark.yaml").write_text(yaml.safe_dump(dataclasses.asdict(bench), sort_keys=False))
-        if pending:
+        if pending and local:
+            from .local import run_cells
+
+            run_cells(pending, bench_dir, local, data_root, device, bench.name, len(cells), len(done), log)
+        elif pending:
             grid.run({c.name: c.config for c in pending}, bench.resources, bench_dir, address, data_root,
                      title=bench.name, total=len(cells), done=len(done))
         out = bench_report.write(bench_dir)
@@ -303,6 +311,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--storage", help=f"folder holding benchmarks (default: {DEFAULT_STORAGE})")
     p.add_argument("--address", help="Ray cluster address (default: a local instance)")
     p.add_argument("--data-root", default="", help="dataset root (default: $DIFFSEG_DATA or ../shared/data)")
+    p.add_argument("--local", type=int, default=0, metavar="LANES",
+                   help="run the cells without Ray: LANES `diffseg train` processes at a time on this machine "
+                        "(a GPU machine without Ray; stage 1 is then not shared between cells)")
+    p.add_argument("--device", default="auto", help="with --local: where each cell trains (auto, cpu, cuda)")
     p.add_argument("--only", action="append", default=[], metavar="PATTERN",
                    help="run only the cells whose names match (shell pattern, repeatable), such as "
                         "'glas-supervised-r10-*'; a later run without it runs the rest")
@@ -318,7 +330,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"no benchmark '{args.name_for_report}' at {folder}")
             print(f"table: {bench_report.write(folder)}")
             return 0
-        run(args.file, args.preset, args.name, args.storage, args.address, args.data_root, only=tuple(args.only))
+        if args.local < 0 or (args.local and args.address):
+            raise ConfigError("--local LANES takes a positive number of lanes and no --address (it runs without Ray)")
+        if args.device != "auto" and not args.local:
+            raise ConfigError("--device is for --local runs; Ray cells take their device from the file's resources")
+        run(args.file, args.preset, args.name, args.storage, args.address, args.data_root, only=tuple(args.only),
+            local=args.local, device=args.device)
         return 0
     except DiffsegError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -7,6 +7,12 @@
 #      ranks on one device, which is why studies refuse fractional GPUs for several workers),
 #   4. the paper preset on GlaS for a few epochs of each stage per method, to time an epoch and
 #      check the whole run (train, select on val, score test once) on the GPU.
+#   5. (STEPS=benchmark, not in the default) the paper's method and the four baselines at the
+#      paper's scale on GlaS at 10 %, 3 seeds, under the honest and the authors' protocol
+#      (experiments/benchmarks/gpu_glas.yaml and gpu_glas_authors.yaml), run without Ray in
+#      BENCH_LANES lanes on the one GPU, within BENCH_LIMIT seconds; finished cells are kept in
+#      $OUT/bench and a later run continues from them. Measured on CPU only so far: at 5 min per
+#      paper cell (an earlier H200 figure) the 30 cells need well over ten minutes.
 # Each step has its own time limit and writes as it goes, so a cut-off run still reports.
 #
 #   OUT=results DATA=/path/to/shared/data bash experiments/gpu_checks.sh [EPOCHS] [LANES...]
@@ -99,6 +105,15 @@ for methods in $LANES; do
 done
 wait
 tail -n 4 "$OUT"/lane_*.log
+fi
+if [[ $STEPS == *benchmark* ]]; then
+for b in gpu_glas gpu_glas_authors; do
+  step "benchmark $b, ${BENCH_LANES:-3} lanes on the GPU"
+  timeout -k 10 ${BENCH_LIMIT:-540} $PY -m experiments.benchmark $b --local ${BENCH_LANES:-3} --device cuda \
+      --storage "$OUT/bench" --data-root "$DATA"
+  echo "exit $?"
+  cat "$OUT/bench/$b/table.md" 2>/dev/null
+done
 fi
 step done
 } 2>&1 | tee "$LOG"

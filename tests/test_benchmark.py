@@ -73,3 +73,16 @@ def test_smoke_benchmark_on_real_glas_runs_reports_and_skips_finished_cells(ray_
     assert len(list((folder / "trial_starts").glob("*.json"))) == starts
     assert (folder / "table.md").read_text() == table
     assert benchmark.main(["report", "smoke", "--storage", str(tmp_path)]) == 0
+
+
+def test_local_lanes_run_cells_without_ray_into_the_same_folders(shared_data, tmp_path, capsys):
+    folder = benchmark.run("smoke", storage=str(tmp_path), data_root=str(shared_data), local=2, device="cpu",
+                           only=("glas-supervised-*",))
+    out = capsys.readouterr().out
+    assert "2 of its 6 by --only" in out and "2/2 done" in out
+    with open(folder / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(r["cell"] for r in rows) == ["glas-supervised-r10-s0", "glas-supervised-r10-s1"]
+    assert all(0 <= float(r["test_dice"]) <= 1 for r in rows)
+    benchmark.run("smoke", storage=str(tmp_path), data_root=str(shared_data), local=2, only=("glas-supervised-*",))
+    assert "2 already finished, 0 to run" in capsys.readouterr().out
