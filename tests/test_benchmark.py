@@ -86,3 +86,15 @@ def test_local_lanes_run_cells_without_ray_into_the_same_folders(shared_data, tm
     assert all(0 <= float(r["test_dice"]) <= 1 for r in rows)
     benchmark.run("smoke", storage=str(tmp_path), data_root=str(shared_data), local=2, only=("glas-supervised-*",))
     assert "2 already finished, 0 to run" in capsys.readouterr().out
+
+
+def test_a_local_benchmark_needs_neither_ray_nor_optuna():
+    import subprocess
+    import sys
+
+    code = ("import sys; from experiments import benchmark, local, bench_report; "
+            "cells = benchmark.load('gpu_glas_authors').cells(); "
+            "assert cells[0].config['protocol'] == 'paper'; "
+            "print(sorted(m for m in ('ray', 'optuna') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
