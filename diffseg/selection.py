@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 
 import torch
 
@@ -49,8 +51,6 @@ class Selection:
         names = list(getattr(self.data.splits, split))
         if cap <= 0 or len(names) <= cap:
             return split
-        import hashlib
-
         return sorted(sorted(names, key=lambda n: hashlib.sha256(f"epoch-items:{n}".encode()).hexdigest())[:cap])
 
     def probabilities(self, name: str, part: str) -> list:
@@ -173,8 +173,6 @@ class Selection:
     def stage1_diagnostic(self) -> dict:
         """The readout diagnostic of the last stage-1 epoch that has one (from metrics.jsonl, so a
         resumed run has it too): its numbers and whether stage 1 learned."""
-        import json
-
         path, last = self.rd.path / "metrics.jsonl", None
         if path.exists():
             for line in path.read_text().splitlines():
