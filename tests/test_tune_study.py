@@ -249,3 +249,11 @@ def test_the_html_report_draws_optunas_figures_offline(tmp_path):
     assert '<script src="http' not in page and page.count("Plotly.newPlot") == 4  # plotly.js inline, once
     one = optuna.create_study()
     assert "not available" in write_html(study, one, tmp_path).read_text()  # no trial yet: said, not raised
+
+
+def test_the_report_header_names_the_data_and_the_changes_to_the_base_config():
+    from tune.report import data_line
+
+    study = parse_study(study_with(), data_root="/data/here")
+    line = data_line(study)
+    assert "dataset `synthetic` under /data/here" in line and "`train.epochs=3`" in line

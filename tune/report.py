@@ -169,6 +169,22 @@ def write_best(study: Study, best: dict, study_dir: Path) -> None:
     (study_dir / "best.yaml").write_text(head + yaml.safe_dump(cfg, sort_keys=False))
 
 
+def data_line(study: Study) -> str:
+    """Which data the trials read, and what the study changed in its base config."""
+    from diffseg import config as config_mod
+
+    cfg = study.base_config()
+    root = study.data_root or "the trial machines' $DIFFSEG_DATA or ../shared/data"
+    try:
+        base = config_mod.to_flat(config_mod.load(study.base))
+        changed = {k: v for k, v in config_mod.to_flat(cfg).items() if base.get(k) != v and k != "name"}
+    except Exception:  # the base file moved since the study began: the resolved config still holds
+        changed = None
+    what = ("its base config unchanged" if changed == {} else "base config changes unknown (the file moved)"
+            if changed is None else "changes to the base config: " + ", ".join(f"`{k}={v}`" for k, v in changed.items()))
+    return f"- data: dataset `{cfg.data.dataset}` under {root}; {what}"
+
+
 def markdown(study: Study, rows: list[dict], best: dict | None, plots: dict, study_dir: Path) -> str:
     counts = {}
     for r in rows:
@@ -181,7 +197,12 @@ def markdown(study: Study, rows: list[dict], best: dict | None, plots: dict, stu
              + (f", second objective {study.second_metric} ({study.second_mode})" if study.second_metric else ""),
              f"- trials: {len(rows)} of {study.trials} asked; "
              + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())),
-             f"- stage-1 pretrainings: {ran} run, {reused} reused from the study's shared pretrained networks"]
+             f"- stage-1 pretrainings: {ran} run, {reused} reused from the study's shared pretrained networks",
+             data_line(study)]
+    if study.enqueue or study.warm_start:
+        lines.append("- warm start: " + "; ".join(
+            (["the first trial ran the base config's own values"] if study.enqueue == "base" else [])
+            + ([f"the finished trials of study {study.warm_start} informed the searcher"] if study.warm_start else [])))
     floors = {part: next((r[key] for r in rows if _num(r[key])), None)
               for part, key in ((_split(study), "sel_floor"), ("test", "test_floor"))}
     if any(_num(v) for v in floors.values()):
