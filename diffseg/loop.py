@@ -51,12 +51,14 @@ def iterations(n_images: int, batch: int, world: int, override: int) -> int:
 
 
 def batches(loader, n: int):
-    """``n`` batches, starting the loader over when it runs out (small labeled sets)."""
+    """``n`` batches, starting the loader over when it runs out (small labeled sets); a new pass
+    draws new augmentations (``StoreItems.next_pass``)."""
     it = iter(loader)
     for _ in range(n):
         try:
             yield next(it)
         except StopIteration:
+            getattr(loader.dataset, "next_pass", lambda: None)()
             it = iter(loader)
             yield next(it)
 
@@ -267,6 +269,8 @@ class Loop:
             for name in stage.optimizers:
                 for group in self.method.optimizers[name].param_groups:
                     group["lr"] = lr
+            for i, ds in enumerate(datasets):  # augmentation drawn from the run, never from a loader worker
+                ds.reseed(f"{self.cfg.seed}:{self.rt.rank}:{index}:{i}", e)
             loaders = [self.rt.loader(ds, scfg.batch_size, shuffle=True, seed=self.cfg.seed + i, epoch=e)
                        for i, ds in enumerate(datasets)]
             logs = self.run_epoch(stage, loaders, Step(e, 0, iters, scfg.epochs))

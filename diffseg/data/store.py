@@ -2,6 +2,8 @@
 temporary name and renamed into place, and a dataset over it with one HDF5 handle per process."""
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import shutil
 import uuid
@@ -9,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 import h5py
+import torch
 from filelock import FileLock
 from torch.utils.data import Dataset
 
@@ -60,6 +63,31 @@ class StoreItems(Dataset):
     def __init__(self, path: Path, indices: list[int]):
         self.path, self.indices = Path(path), list(indices)
         self._fh, self._pid = None, None
+        # what a training item's random draws (crops, flips, jitter) derive from: (stream, epoch,
+        # pass), set by the loop before each epoch's loader; None: the global stream (evaluation
+        # draws nothing)
+        self.draw: tuple | None = None
+
+    def reseed(self, stream: str, epoch: int) -> None:
+        """Item i's draws in this epoch come from (stream, epoch, pass, i) alone: the same with 0
+        or 8 loader workers, on every machine, and they leave the process's own stream alone."""
+        self.draw = (stream, epoch, 0)
+
+    def next_pass(self) -> None:
+        """A loader started over within an epoch (a small labeled set) draws afresh."""
+        if self.draw is not None:
+            self.draw = (*self.draw[:2], self.draw[2] + 1)
+
+    @contextlib.contextmanager
+    def drawing(self, i: int):
+        """The block's torch draws are item ``i``'s own (see ``reseed``)."""
+        if self.draw is None:
+            yield
+            return
+        key = hashlib.sha256(f"{self.draw[0]}|{self.draw[1]}|{self.draw[2]}|{i}".encode()).digest()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int.from_bytes(key[:8], "little") >> 1)
+            yield
 
     def __len__(self) -> int:
         return len(self.indices)

@@ -46,12 +46,13 @@ class CachedImages(StoreItems):
         image = (image - self.mean) / self.std
         mask = torch.from_numpy(mask.astype(np.int64))
         fov = torch.from_numpy(fov.astype(np.int64)) if fov is not None else torch.ones_like(mask)
-        if self.train and self.window:
-            image, mask, fov = random_crop(self.window[0], image, mask, fov)
-        if self.train and self.augment:
-            image, mask, fov = augment.geometric(image, mask, fov)
         if self.train:
-            image = augment.intensity(image, self.jitter)
+            with self.drawing(i):
+                if self.window:
+                    image, mask, fov = random_crop(self.window[0], image, mask, fov)
+                if self.augment:
+                    image, mask, fov = augment.geometric(image, mask, fov)
+                image = augment.intensity(image, self.jitter)
         out = {"image": image, "index": idx}
         if self.with_mask:
             out.update(mask=mask, fov=fov)

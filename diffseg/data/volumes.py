@@ -8,6 +8,8 @@ complete; a file that fails to open or misses an item is rebuilt.
 """
 from __future__ import annotations
 
+import contextlib
+
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,20 +127,21 @@ class VolumeItems(StoreItems):
 
     def __getitem__(self, i: int) -> dict:
         idx, fh = self.indices[i], self._file()
-        if self.train:
-            starts = self.patch_start(idx)
-            image = crop(fh[f"images/{idx}"], starts, self.patch)
-            mask = crop(fh[f"masks/{idx}"], starts, self.patch)
-        else:
-            image, mask = fh[f"images/{idx}"][()], fh[f"masks/{idx}"][()]
-        image = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
-        mask = torch.from_numpy(mask.astype(np.int64))
-        if self.train and self.augment:
-            image, mask = augment(image, mask[None])
-            mask = mask[0]
-        if self.train and self.jitter > 0:
-            a, b = (torch.rand(2) * 2 - 1) * self.jitter
-            image = image * (1 + a) + b
+        with self.drawing(i) if self.train else contextlib.nullcontext():
+            if self.train:
+                starts = self.patch_start(idx)
+                image = crop(fh[f"images/{idx}"], starts, self.patch)
+                mask = crop(fh[f"masks/{idx}"], starts, self.patch)
+            else:
+                image, mask = fh[f"images/{idx}"][()], fh[f"masks/{idx}"][()]
+            image = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+            mask = torch.from_numpy(mask.astype(np.int64))
+            if self.train and self.augment:
+                image, mask = augment(image, mask[None])
+                mask = mask[0]
+            if self.train and self.jitter > 0:
+                a, b = (torch.rand(2) * 2 - 1) * self.jitter
+                image = image * (1 + a) + b
         out = {"image": image, "index": idx}
         if self.with_mask:
             out.update(mask=mask, fov=torch.ones_like(mask))
