@@ -94,7 +94,7 @@ def write(storage: Path, output: Path) -> Path:
             "13 training images held out for validation, the test split scored once at the images' own size. "
             "Intervals: Student-t half-widths over seeds (the authors printed 90 %, with ddof 0).", "",
             "Produced by `python -m experiments.reproduce_table` from the two benchmark folders.", ""]
-    (output / "table.md").write_text("\n".join(head) + text + "\n")
+    (output / "table.md").write_text("\n".join(head) + "\n" + text + "\n")
     with open(output / "cells.csv", "w", newline="") as fh:
         out = csv.DictWriter(fh, ["cell", "seed", "published", "authors_protocol", "honest_protocol"])
         out.writeheader()

@@ -179,13 +179,16 @@ def test_driver_killed_repeatedly_at_random_moments_loses_nothing(ray_cluster, t
     one record per trial."""
     import random
 
-    # long enough (about a minute of training) that four kills, each after up to 12 s, land
-    # while trials still run: one-worker trials start in about a second
-    trials, epochs = 6, 3
+    # long enough that four kills land while trials still run. Each phase between kills finishes
+    # at most the two trials in flight if a trial outlasts a phase (up to 12 s, plus the resume's
+    # start), so 10 trials of about 20 s each leave work for the last resume even on a machine
+    # half again as fast. With 6 trials of 40 iterations per epoch (about 10 s each), all 6 had
+    # finished at the 4th kill here and CI's faster machine finished the study before it
+    trials, epochs = 10, 3
     path = write_study(tmp_path / "dk.yaml", space={"train.lr": {"float": [0.003, 0.03], "log": True}},
                        trials=trials, concurrency=2, scheduler={"type": "none"}, max_failures=2,
                        set={"method": "supervised", "train.epochs": epochs, "data.synthetic_count": 16,
-                            "train.iters_per_epoch": 40})
+                            "train.iters_per_epoch": 100})
     storage, name = tmp_path / "studies", "dk"
     study_dir = storage / name
     rng = random.Random(0)
