@@ -98,3 +98,31 @@ def test_a_local_benchmark_needs_neither_ray_nor_optuna():
             "print(sorted(m for m in ('ray', 'optuna') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+
+
+def test_mid_preset_keeps_the_structures_it_scores(shared_data):
+    """The `mid` table trains at the paper's 128 px, and no 2D cell shrinks its images more than
+    4x (where `data info` warns that small structures vanish): DRIVE's 565 px images train on
+    tiles at their own scale instead."""
+    from diffseg import config as config_mod
+    from diffseg.data import sources
+
+    bench = benchmark.load("mid")
+    cells = bench.cells()
+    assert len(cells) == 3 * 3 * 5 and bench.preset == "mid"
+    first = {}
+    for cell in cells:
+        first.setdefault(cell.config["data"]["dataset"], cell.config)
+    assert set(first) == {"glas", "ph2", "drive"}
+    for name, raw in first.items():
+        data = config_mod.from_dict(raw).data
+        assert data.size == 128, name
+        source = sources.open_source(data, shared_data)
+        image, _, _ = source.read(source.items[0])
+        shrink = max(image.shape[:2]) / data.size if data.scale == 0 else 1 / data.scale
+        assert shrink <= 4, f"{name}: images of {image.shape[:2]} shrunk {shrink:.1f}x"
+    assert config_mod.from_dict(first["drive"]).data.scale == 1.0
+    # equal budget: every method's stage 2 has the same iterations and batch
+    budgets = {(c.config["train"]["epochs"] * c.config["train"]["iters_per_epoch"], c.config["train"]["batch_size"])
+               for c in cells}
+    assert budgets == {(120, 4)}
