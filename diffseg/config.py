@@ -50,6 +50,9 @@ class DataConfig:
     synthetic_kind: str = spec("glands", choices=("glands", "lesions"))
     # 0: masks must be binary (0/1 or 0/255); > 0: a value above it is foreground (JPEG masks)
     mask_threshold: int = spec(0, low=0, high=254)
+    # multi-label datasets (nnU-Net raw, the Decathlon): the labels that are foreground, as values
+    # or as dataset.json's names ("1", "tumour"); empty: every label but 0
+    foreground_labels: tuple[str, ...] = ()
     # 3D volumes (LA) are never resized: training takes random patches of this many voxels
     # (the paper's 96x96x80), and validation, test and predict slide a window of this size
     patch: tuple[int, ...] = (96, 96, 80)

@@ -15,6 +15,7 @@ from PIL import Image
 
 from .data.cache import network_shape, resize
 from .data.images import check_header
+from .data import nnunet
 from .data.sources import IMAGE_EXTS, read_image
 from .errors import DataError
 from .data.torchdata import normalise
@@ -76,7 +77,10 @@ def predict_folder(run_dir, input_dir, output_dir, probabilities: bool = False, 
     files = sorted(p for p in input_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS)
     if not files:
         raise DataError(f"no images ({', '.join(IMAGE_EXTS)}) in input folder {input_dir}")
-    check_outputs([(p.stem, p) for p in files], input_dir, output_dir,
+    # a run on an nnU-Net dataset predicts cases: CASE_0000.png (+ _0001...) -> CASE.png, as nnU-Net does
+    cases = (nnunet.input_cases(input_dir, files) if kept.cfg.data.dataset == "nnunet"
+             else [(p.stem, [p]) for p in files])
+    check_outputs([(stem, paths[0]) for stem, paths in cases], input_dir, output_dir,
                   (".png", "_prob.png") if probabilities else (".png",), overwrite)
     for path in files:  # every header before any mask: a bad file is named before work starts
         check_header(path)
@@ -84,8 +88,9 @@ def predict_folder(run_dir, input_dir, output_dir, probabilities: bool = False, 
     gen = torch.Generator().manual_seed(kept.cfg.seed)  # CPU: diffusion._on
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for i, path in enumerate(files):
-        image = read_image(path, kept.channels)
+    for i, (stem, paths) in enumerate(cases):
+        path = paths[0]
+        image = read_image(path, kept.channels) if len(paths) == 1 else nnunet.read_channels(paths, kept.channels)
         h, w = image.shape[:2]
         # resized exactly as the cache resized the training and test images
         small = resize(image, network_shape((h, w), size, scale), False)
@@ -95,14 +100,14 @@ def predict_folder(run_dir, input_dir, output_dir, probabilities: bool = False, 
             probs = (slide(lambda t: kept.scores(t, gen).float().softmax(1), x, (size, size), kept.cfg.eval.overlap)
                      if scale > 0 else kept.scores(x, gen).float().softmax(1))
         prob = upsample(probs[0, 1].float().cpu().numpy(), (h, w))
-        out = output_dir / f"{path.stem}.png"
+        out = output_dir / f"{stem}.png"
         Image.fromarray(((prob > kept.threshold) * 255).astype(np.uint8)).save(out)
         written.append(out)
         if probabilities:
-            prob_path = output_dir / f"{path.stem}_prob.png"
+            prob_path = output_dir / f"{stem}_prob.png"
             Image.fromarray((prob * 255).round().astype(np.uint8)).save(prob_path)
             written.append(prob_path)
-        log(f"[{i + 1}/{len(files)}] {path.name} ({w}x{h}) -> {out}")
+        log(f"[{i + 1}/{len(cases)}] {path.name} ({w}x{h}) -> {out}")
     return written
 
 
@@ -166,6 +171,8 @@ def predict_volumes(kept, rt, input_dir: Path, output_dir: Path, probabilities: 
     files = volume_files(input_dir)
     if not files:
         raise DataError(f"no volumes ({', '.join(VOLUME_EXTS)}, or LA case folders) in input folder {input_dir}")
+    if kept.cfg.data.dataset == "nnunet3d":  # imagesTs/CASE_0000.nii.gz -> CASE.nii.gz, as nnU-Net names them
+        files = [(name.rpartition("_")[0] if nnunet.is_channel_file(path) else name, path) for name, path in files]
     check_outputs(files, input_dir, output_dir, (".nii.gz", "_prob.nii.gz") if probabilities else (".nii.gz",),
                   overwrite)
     default_spacing = tuple(kept.cfg.data.spacing) or LA_SPACING

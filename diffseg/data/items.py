@@ -18,6 +18,7 @@ class Item:
     fov: Path | None = None
     index: int = 0  # used by generated sources
     spacing: tuple[float, ...] = ()  # the file's own voxel spacing (mm), where it carries one
+    extra: tuple[Path, ...] = ()  # the further channel files of one image (nnU-Net's CASE_0001...)
 
 
 @dataclass
@@ -47,8 +48,14 @@ class Source:
         h = hashlib.sha256(f"{self.dataset}|{self.extra_fingerprint}".encode())
         for it in self.items:
             h.update(f"{it.name}|{it.split}|{it.index}".encode())
-            for path in (it.image, it.mask, it.fov):
+            for path in (it.image, it.mask, it.fov, *it.extra):
                 if path is not None:
                     st = path.stat()
                     h.update(f"{path.name}|{st.st_size}|{st.st_mtime_ns}".encode())
         return h.hexdigest()[:16]
+
+
+def hashed_test_split(names: list[str], n_test: int, salt: str) -> set[str]:
+    """A fixed held-out set, identical on every machine (no RNG library involved)."""
+    order = sorted(names, key=lambda n: hashlib.sha256(f"{salt}:{n}".encode()).hexdigest())
+    return set(order[:n_test])

@@ -7,7 +7,6 @@ Every reader returns ``image`` (H, W, C) uint8 for 2D or float32 (H, W, D) for 3
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +15,9 @@ from typing import Callable
 
 from ..errors import ConfigError, DataError
 from .images import GRAY_MODES, folder_channels, read_image, read_mask, read_pair  # noqa: F401 (re-exported)
-from .items import Item, Source
+from .items import Item, Source, hashed_test_split
 from .la import LA_SPACING, la, read_volume  # noqa: F401 (re-exported)
+from .nnunet import looks_like, msd, nnunet, nnunet3d
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 IMAGE_EXTS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".gif")
@@ -47,17 +47,17 @@ def pair_folder(images: Path, masks: Path, split_of: Callable[[str], str],
     items = []
     for name, path in imgs.items():
         if name not in msks:
+            case = name.rpartition("_")[0]
+            if case in msks and name[len(case) + 1:].isdigit():  # CASE_0000.png beside CASE.png
+                raise DataError(f"no mask for image {path}: its name is nnU-Net's CASE_0000 (a channel after "
+                                f"the case) and {msks[case].name} is its label; put the images in imagesTr/ and the "
+                                f"masks in labelsTr/ with a dataset.json and use data.dataset=nnunet, or rename "
+                                f"the images without the _0000")
             raise DataError(f"no mask for image {path} (looked for {masks}/{name}.*)")
         if fov is not None and name not in fovs:
             raise DataError(f"no field-of-view mask for image {path} (looked in {fov})")
         items.append(Item(name, split_of(name), path, msks[name], fovs.get(name)))
     return items
-
-
-def hashed_test_split(names: list[str], n_test: int, salt: str) -> set[str]:
-    """A fixed held-out set, identical on every machine (no RNG library involved)."""
-    order = sorted(names, key=lambda n: hashlib.sha256(f"{salt}:{n}".encode()).hexdigest())
-    return set(order[:n_test])
 
 
 TRAIN_SPLITS = ("train", "training")
@@ -176,6 +176,11 @@ def hmeps(root: Path, cfg) -> Source:
 
 def folder(root: Path, cfg) -> Source:
     """Any images/ + masks/ pair; splits.csv (name,split) optional, else a hashed 20 % test."""
+    if not (root / "images").is_dir():
+        layout = looks_like(root)
+        raise DataError(f"folder not found: {root / 'images'}; the folder layout is images/ + masks/ (+ splits.csv)"
+                        + (f", and {root} has {layout}: use data.dataset=nnunet (images), nnunet3d (volumes) "
+                           f"or msd (a Decathlon task)" if layout else ""))
     images = list_images(root / "images")
     channels = folder_channels(list(images.values()))
     if (root / "splits.csv").is_file():
@@ -209,6 +214,7 @@ class Entry:
 REGISTRY: dict[str, Entry] = {
     "glas": Entry(glas), "ph2": Entry(ph2), "drive": Entry(drive), "la": Entry(la, 3), "hmeps": Entry(hmeps),
     "folder": Entry(folder), "synthetic": Entry(synthetic),
+    "nnunet": Entry(nnunet), "nnunet3d": Entry(nnunet3d, 3), "msd": Entry(msd, 3),
 }
 
 
