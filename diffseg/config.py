@@ -282,7 +282,8 @@ def from_dict(data: dict):
 MIGRATIONS: dict[str, Any] = {
     "data.labeled_draw": "hashed", "data.val_from": "train", "data.mean": (), "data.std": (),
     "eval.every": 1, "eval.max_items": 0, "eval.thresholds": (0.02, 0.98, 0.02), "loss.ramp": "sigmoid", "loss.ramp_per": "step",
-    "loss.supervised": "dice_ce", "cps.pseudo_loss": "ce"}
+    "loss.supervised": "dice_ce", "cps.pseudo_loss": "ce",
+    "data.foreground_labels": ()}  # before the nnU-Net readers: no multi-label dataset was read
 STAGE_MIGRATIONS = {"momentum": 0.9, "weight_decay": 1e-4, "schedule": "halving"}  # in every stage section
 SECTIONS_OF: dict[str, tuple[str, ...]] = {}  # method -> the sections it declares (its registration fills it)
 
