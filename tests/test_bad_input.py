@@ -1,7 +1,6 @@
 """Bad input, tried as a hostile user would: every case must end in one clean error naming the
 key, file or value (exit code 2, one ``error:`` line, no traceback) or be accepted correctly.
-The tally is printed for RELIABILITY.md ("inputs tried: N, clean errors: N, tracebacks: 0,
-wrongly accepted: 0")."""
+Each case counts in the shared tally (tests/tally.py) that tests/test_zz_tally.py prints."""
 from __future__ import annotations
 
 import re
@@ -16,28 +15,7 @@ from diffseg import cli, config
 from diffseg.data import sources
 from diffseg.errors import ConfigError, DiffsegError
 
-TALLY = {"tried": 0, "clean": 0, "traceback": 0, "wrongly accepted": 0, "accepted correctly": 0}
-
-
-def attempt(argv: list[str], capsys, expect: str) -> str:
-    """Run the command in-process; classify and return its error line ('' when accepted)."""
-    TALLY["tried"] += 1
-    try:
-        code = cli.main(argv)
-    except SystemExit as exc:  # argparse's own clean usage errors
-        code = exc.code
-    except Exception:
-        TALLY["traceback"] += 1
-        raise
-    err = capsys.readouterr().err
-    if code == 0:
-        TALLY["wrongly accepted"] += 1
-        pytest.fail(f"accepted: {argv}")
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert re.search(expect, lines[0]), (expect, lines[0])
-    TALLY["clean"] += 1
-    return lines[0]
+from tally import TALLY, accepted, attempt, refused
 
 
 # ---------------------------------------------------------------------- config values and files
@@ -160,8 +138,7 @@ def test_hidden_files_mixed_channels_and_16_bit_are_accepted_correctly(tmp_path)
     deep = next(it for it in src.items if it.name == "deep")
     img, _, _ = src.read(deep)
     assert img.shape == (20, 24, 3) and int(img[0, 0, 0]) == 128
-    TALLY["tried"] += 3
-    TALLY["accepted correctly"] += 3
+    accepted(3)
 
 
 STUDY_CASES = [
@@ -182,10 +159,7 @@ def test_invalid_study_space_is_refused_before_the_folder_exists(space, expect, 
 
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({"config": "debug", "space": space, "trials": 2}, sort_keys=False))
-    TALLY["tried"] += 1
-    with pytest.raises(ConfigError, match=expect):
-        load_study(str(path))
-    TALLY["clean"] += 1
+    refused(lambda: load_study(str(path)), ConfigError, expect)
 
 
 def test_objective_no_trial_reports_is_refused(tmp_path):
@@ -197,10 +171,7 @@ def test_objective_no_trial_reports_is_refused(tmp_path):
         path = tmp_path / "s.yaml"
         path.write_text(yaml.safe_dump({"config": "debug", "space": {"diffusion_cps.rounds": {"int": [1, 2]}},
                                         "objective": {"metric": metric}}))
-        TALLY["tried"] += 1
-        with pytest.raises(ConfigError, match=f"'{metric}' is not one a trial reports"):
-            load_study(str(path))
-        TALLY["clean"] += 1
+        refused(lambda: load_study(str(path)), ConfigError, f"'{metric}' is not one a trial reports")
     path.write_text(yaml.safe_dump({"config": "debug", "space": {"diffusion_cps.rounds": {"int": [1, 2]}},
                                     "objective": {"metric": "val_dice_student"}}))
     assert load_study(str(path)).metric == "val_dice_student"
@@ -211,13 +182,3 @@ def test_config_override_errors_name_the_key():
         key = override.split("=")[0]
         with pytest.raises(ConfigError, match=re.escape(key)):
             config.load("debug", [override])
-
-
-def test_zz_print_the_tally():
-    """Runs last in this file: the figure RELIABILITY.md quotes."""
-    print(f"\ninputs tried: {TALLY['tried']}, clean errors: {TALLY['clean']}, accepted correctly: "
-          f"{TALLY['accepted correctly']}, tracebacks: {TALLY['traceback']}, wrongly accepted: "
-          f"{TALLY['wrongly accepted']}")
-    assert TALLY["traceback"] == 0 and TALLY["wrongly accepted"] == 0
-    assert TALLY["tried"] == TALLY["clean"] + TALLY["accepted correctly"]
-    assert issubclass(ConfigError, DiffsegError)

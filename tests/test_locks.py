@@ -1,12 +1,12 @@
 """One process owns a run folder or a benchmark folder: a second is refused with the holder's pid,
 and the lock goes with the process however it ends."""
 import os
+import re
 import subprocess
 import sys
 import time
 
-import pytest
-
+import tally
 from diffseg.durable import FolderLock
 from diffseg.errors import StorageError
 
@@ -23,8 +23,8 @@ def holder(folder, seconds: float = 30) -> subprocess.Popen:
 def test_a_second_process_is_refused_naming_the_holder_until_it_dies(tmp_path):
     proc = holder(tmp_path / "run")
     try:
-        with pytest.raises(StorageError, match=f"run folder .* is in use by pid {proc.pid} on "):
-            FolderLock(tmp_path / "run", "run folder").acquire()
+        tally.refused(lambda: FolderLock(tmp_path / "run", "run folder").acquire(), StorageError,
+                      f"run folder .* is in use by pid {proc.pid} on ")
     finally:
         proc.kill()
         proc.wait()
@@ -46,6 +46,7 @@ def test_debug_into_a_run_folder_another_process_trains_is_refused_and_writes_no
         proc.wait()
     assert out.returncode == 2 and f"is in use by pid {proc.pid}" in out.stderr and "Traceback" not in out.stderr
     assert sorted(os.listdir(run)) == [".lock"]
+    tally.clean()  # checked above, in a process of its own
 
 
 def test_a_second_search_of_one_study_name_is_refused_before_ray_starts(tmp_path, capsys):
@@ -54,12 +55,12 @@ def test_a_second_search_of_one_study_name_is_refused_before_ray_starts(tmp_path
     study_dir = tmp_path / "studies" / "smoke"
     proc = holder(study_dir)
     try:
-        assert tune_cli.main(["search", "smoke", "--storage", str(tmp_path / "studies")]) == 2
+        tally.attempt(["search", "smoke", "--storage", str(tmp_path / "studies")], capsys,
+                      re.escape(f"study folder {study_dir} is in use by pid {proc.pid}"), keep=(study_dir,),
+                      main=tune_cli.main)
     finally:
         proc.kill()
         proc.wait()
-    err = capsys.readouterr().err
-    assert f"study folder {study_dir} is in use by pid {proc.pid}" in err
     assert sorted(p.name for p in study_dir.iterdir()) == [".lock"]  # the holder's folder, untouched
 
 
@@ -71,9 +72,8 @@ def test_a_torn_study_yaml_is_named_by_report_and_resume(tmp_path, capsys):
     for text, why in (("name: torn\nconfig: {}\n", "it lacks space"), ("name: [torn\n", "not YAML")):
         (study_dir / "study.yaml").write_text(text)
         for command in ("report", "resume"):
-            assert tune_cli.main([command, "torn", "--storage", str(tmp_path / "studies")]) == 2
-            err = capsys.readouterr().err
-            assert "study.yaml is damaged" in err and why in err and "Traceback" not in err, err
+            tally.attempt([command, "torn", "--storage", str(tmp_path / "studies")], capsys,
+                          f"study.yaml is damaged.*{why}", keep=(study_dir / "study.yaml",), main=tune_cli.main)
 
 
 def test_a_second_invocation_of_one_benchmark_is_refused_before_any_cell_runs(shared_data, tmp_path):
@@ -81,8 +81,8 @@ def test_a_second_invocation_of_one_benchmark_is_refused_before_any_cell_runs(sh
 
     proc = holder(tmp_path / "smoke")
     try:
-        with pytest.raises(StorageError, match=f"benchmark folder .* is in use by pid {proc.pid}"):
-            benchmark.run("smoke", storage=str(tmp_path), data_root=str(shared_data))
+        tally.refused(lambda: benchmark.run("smoke", storage=str(tmp_path), data_root=str(shared_data)),
+                      StorageError, f"benchmark folder .* is in use by pid {proc.pid}")
     finally:
         proc.kill()
         proc.wait()

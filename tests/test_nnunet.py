@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import tally
 from diffseg import cli, config
 from diffseg.data import sources
 from diffseg.errors import ConfigError, DataError
@@ -148,8 +149,8 @@ def test_nnunet_2d_with_one_file_per_channel_and_foreground_labels_by_name(tmp_p
     out = debug_eval_predict("nnunet", root, tmp_path, TINY_2D + ["data.foreground_labels=[tumour]"],
                              root / "imagesTs", capsys)
     assert sorted(p.name for p in out.iterdir()) == ["c12.png", "c13.png"]
-    with pytest.raises(ConfigError, match=r"'data.foreground_labels' names 'lesion'.*gland \(1\), tumour \(2\)"):
-        open_as("nnunet", root, **{"data.foreground_labels": ["lesion"]})
+    tally.refused(lambda: open_as("nnunet", root, **{"data.foreground_labels": ["lesion"]}),
+                  ConfigError, r"'data.foreground_labels' names 'lesion'.*gland \(1\), tumour \(2\)")
 
 
 def test_nnunet_3d_nifti_keeps_spacing_and_uses_labelled_test_cases(tmp_path, capsys):
@@ -165,8 +166,7 @@ def test_nnunet_3d_nifti_keeps_spacing_and_uses_labelled_test_cases(tmp_path, ca
     assert sorted(p.name for p in out.iterdir()) == ["t0.nii.gz", "t1.nii.gz"]
     written = sitk.ReadImage(str(out / "t0.nii.gz"))
     assert written.GetSpacing() == pytest.approx((0.8, 0.7, 1.5))
-    with pytest.raises(ConfigError, match="volumes: use data.dataset=nnunet3d"):
-        open_as("nnunet", root)
+    tally.refused(lambda: open_as("nnunet", root), ConfigError, "volumes: use data.dataset=nnunet3d")
 
 
 def test_a_decathlon_task_is_read_from_its_dataset_json(tmp_path, capsys):
@@ -180,28 +180,26 @@ def test_a_decathlon_task_is_read_from_its_dataset_json(tmp_path, capsys):
 
 def test_folders_that_are_almost_right_are_named_with_what_to_change(tmp_path):
     nn = nnunet_2d(tmp_path / "Dataset004_X", n=4, test=False)
-    with pytest.raises(DataError, match=r"has imagesTr/: nnU-Net's or the Decathlon's layout: use data.dataset=nnunet"):
-        open_as("folder", nn)
+    tally.refused(lambda: open_as("folder", nn),
+                  DataError, r"has imagesTr/: nnU-Net's or the Decathlon's layout: use data.dataset=nnunet")
     plain = tmp_path / "plain"
     (plain / "images").mkdir(parents=True)
     (plain / "masks").mkdir()
-    with pytest.raises(DataError, match=r"imagesTr.*has images/ and masks/: the folder layout \(data.dataset=folder\)"):
-        open_as("nnunet", plain)
+    tally.refused(lambda: open_as("nnunet", plain),
+                  DataError, r"imagesTr.*has images/ and masks/: the folder layout \(data.dataset=folder\)")
     # nnU-Net's file names in the folder layout
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(plain / "images" / "a_0000.png")
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(plain / "masks" / "a.png")
-    with pytest.raises(DataError, match=r"nnU-Net's CASE_0000.*labelsTr/ with a dataset.json"):
-        open_as("folder", plain)
+    tally.refused(lambda: open_as("folder", plain), DataError, r"nnU-Net's CASE_0000.*labelsTr/ with a dataset.json")
     (nn / "dataset.json").unlink()
-    with pytest.raises(DataError, match=r"no dataset.json in .*channel_names, labels and file_ending"):
-        open_as("nnunet", nn)
+    tally.refused(lambda: open_as("nnunet", nn),
+                  DataError, r"no dataset.json in .*channel_names, labels and file_ending")
     write_json(nn, labels=LABELS, file_ending=".png")
     (nn / "imagesTr" / "c00_0000.png").rename(nn / "imagesTr" / "c00.png")
-    with pytest.raises(DataError, match=r"c00.png: nnU-Net names image files CASE_0000.png"):
-        open_as("nnunet", nn)
+    tally.refused(lambda: open_as("nnunet", nn), DataError, r"c00.png: nnU-Net names image files CASE_0000.png")
     (nn / "imagesTr" / "c00.png").rename(nn / "imagesTr" / "c00_0000.png")
     Image.fromarray(np.full((40, 48), 7, np.uint8)).save(nn / "labelsTr" / "c01.png")
     source = open_as("nnunet", nn)
     bad = next(it for it in source.items if it.name == "c01")
-    with pytest.raises(DataError, match=r"c01.png holds values 7, which dataset.json's labels do not declare"):
-        source.read(bad)
+    tally.refused(lambda: source.read(bad),
+                  DataError, r"c01.png holds values 7, which dataset.json's labels do not declare")

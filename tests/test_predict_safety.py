@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import tally
 from diffseg import cli
 
 
@@ -43,14 +44,12 @@ def test_predict_refuses_what_would_destroy_data_and_changes_nothing(run, tmp_pa
              (dataset / "masks", "ground-truth folder"),
              (tmp_path / "file", "is a file")]
     for output, message in cases:
-        capsys.readouterr()
-        assert cli.main(["predict", str(run), "--input", str(inputs), "--output", str(output)]) == 2
-        err = capsys.readouterr().err
-        assert message in err and "Traceback" not in err, err
+        tally.attempt(["predict", str(run), "--input", str(inputs), "--output", str(output)], capsys, message,
+                      keep=(inputs, dataset, tmp_path / "file"))
     assert digest(inputs) == before and digest(dataset) == truth and (tmp_path / "file").read_text() == "x"
     dup = images(tmp_path / "dup", "dup.png", "dup.jpg")
-    assert cli.main(["predict", str(run), "--input", str(dup), "--output", str(tmp_path / "o_dup")]) == 2
-    assert "dup.jpg and dup.png would both write dup.png" in capsys.readouterr().err
+    tally.attempt(["predict", str(run), "--input", str(dup), "--output", str(tmp_path / "o_dup")], capsys,
+                  "dup.jpg and dup.png would both write dup.png", keep=(dup,))
     assert not (tmp_path / "o_dup").exists()
 
 
@@ -60,10 +59,8 @@ def test_predict_replaces_existing_masks_only_with_overwrite(run, tmp_path, caps
     assert cli.main(["predict", str(run), "--input", str(inputs), "--output", str(out)]) == 0
     first = digest(out)
     (out / "a.png").write_bytes(b"another run's mask")
-    capsys.readouterr()
-    assert cli.main(["predict", str(run), "--input", str(inputs), "--output", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert "already holds 2 of the files" in err and "--overwrite" in err
+    tally.attempt(["predict", str(run), "--input", str(inputs), "--output", str(out)], capsys,
+                  "already holds 2 of the files.*--overwrite", keep=(inputs, out))
     assert (out / "a.png").read_bytes() == b"another run's mask"
     assert cli.main(["predict", str(run), "--input", str(inputs), "--output", str(out), "--overwrite"]) == 0
     assert digest(out) == first
@@ -75,9 +72,8 @@ def test_an_image_declaring_too_many_pixels_is_refused_from_its_header(run, tmp_
     inputs = images(tmp_path / "in", "a.png")
     Image.new("1", (9000, 9000)).save(inputs / "huge.png")  # 81 Mi pixels in a few kB
     assert (inputs / "huge.png").stat().st_size < 2_000_000
-    assert cli.main(["predict", str(run), "--input", str(inputs), "--output", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err
-    assert "declares 9000x9000 pixels" in err and f"{images_mod.MAX_PIXELS // 2**20} Mi" in err
+    tally.attempt(["predict", str(run), "--input", str(inputs), "--output", str(tmp_path / "out")], capsys,
+                  f"declares 9000x9000 pixels.*{images_mod.MAX_PIXELS // 2**20} Mi", keep=(inputs,))
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # not one mask written
 
 
@@ -87,6 +83,5 @@ def test_threshold_overrides_the_kept_one(run, tmp_path, capsys):
         assert cli.main(["predict", str(run), "--input", str(inputs), "--output", str(tmp_path / name),
                          "--threshold", str(t)]) == 0
     assert (np.array(Image.open(tmp_path / "all" / "a.png")) == 255).all()  # softmax > 0 everywhere
-    assert cli.main(["predict", str(run), "--input", str(inputs), "--output", str(tmp_path / "x"),
-                     "--threshold", "1.5"]) == 2
-    assert "--threshold 1.5" in capsys.readouterr().err
+    tally.attempt(["predict", str(run), "--input", str(inputs), "--output", str(tmp_path / "x"),
+                   "--threshold", "1.5"], capsys, "--threshold 1.5", keep=(inputs,))
