@@ -28,5 +28,6 @@ class Diverged(DiffsegError):
 
 
 class Interrupted(DiffsegError):
-    """Stopped before its end (Ctrl-C): what was saved stays; the message says how to continue.
-    The commands exit 130 for it, as for a Ctrl-C."""
+    """Stopped before its end (Ctrl-C, or SIGTERM: ``exit_code`` 143): what was saved stays; the
+    message says how to continue. The commands exit 130 for it, as for a Ctrl-C."""
+    exit_code = 130

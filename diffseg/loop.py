@@ -155,18 +155,21 @@ class Loop:
     def save(self) -> None:
         if self.rt.is_main:
             run_state.save_last(self.rd, self.method, self.cfg, {"stage": self.stage, "epoch": self.epoch,
-                                                                  "best": self.selection.best}, self.last_report)
+                                                                  "best": self.selection.best, "numbering": 1},
+                                self.last_report)
 
     def restore(self) -> None:
         state = run_state.load_last(self.rd, self.rt.device, self.log)
         run_state.restore_networks(self.method, state)
         self.stage, self.epoch, self.selection.best = state["stage"], state["epoch"], state["best"]
+        if self.selection.best is not None and "numbering" not in state:  # saved when epochs counted from 0
+            self.selection.best = self.selection.best | {"epoch": self.selection.best["epoch"] + 1}
         self.last_report = state.get("last_report")
         checkpoint.set_rng_state(state["rng"])
         if self.rt.rank:
             checkpoint.seed_everything(self.cfg.seed + 1000 * self.rt.rank + self.epoch)
         self.rd.truncate_log(self.stage_names, self.stage, self.epoch)
-        self.log(f"resuming {self.rd.path} at {self.stage} epoch {self.epoch}")
+        self.log(f"resuming {self.rd.path} after {self.stage} epoch {self.epoch}")
 
     def load_pretrained(self) -> None:
         note = run_state.load_pretrained(self.pretrained, self.method, self.cfg, self.rt.numerics(), self.rt.device)
@@ -325,17 +328,18 @@ class Loop:
         best, sel = self.selection.best, self.selection.split
         if best is not None and f"{sel}_dice" in m:
             each = " ".join(f"{p} {m[f'{sel}_dice_{p}']:.3f}" for p in self.method.predictors)
-            head += f" {sel} dice {each} (best {best['dice']:.3f} {best['predictor']}@{best['epoch'] + 1})"
+            head += f" {sel} dice {each} (best {best['dice']:.3f} {best['predictor']}@{best['epoch']})"
         return head + f" lr {m['lr']:.2e} ({seconds:.1f}s)"
 
     def record(self, stage: Stage, epoch: int, metrics: dict, seconds: float) -> None:
         if not self.rt.is_main:
             return
-        self.rd.log({"stage": stage.name, "epoch": epoch} | metrics | {"seconds": seconds})
+        # epochs are counted from 1 everywhere (console, metrics.jsonl, summary.json, TensorBoard, Tune)
+        self.rd.log({"stage": stage.name, "epoch": epoch + 1} | metrics | {"seconds": seconds})
         stages = self.method.stages
         offset = sum(getattr(self.cfg, s.section).epochs for s in stages[:stages.index(stage)])
         for k, v in metrics.items():
-            self.writer.add_scalar(f"{stage.name}/{k}", v, offset + epoch)
+            self.writer.add_scalar(f"{stage.name}/{k}", v, offset + epoch + 1)
 
 
 def fit(cfg, run_dir, runtime: Runtime | None = None, pretrained: Path | None = None, log=None,

@@ -125,10 +125,16 @@ class RunDir:
     def truncate_log(self, stages: list[str], stage: str, epoch: int) -> None:
         """On resume drop records the checkpoint does not cover (written after it by a killed run).
         ``stages``: the method's stage names in the order they run."""
-        # "done": every epoch is kept, the final record is written again
+        # "done": every epoch is kept, the final record is written again. ``epoch``: the epochs of
+        # ``stage`` done (records count from 1; a folder written when they counted from 0 is
+        # renumbered here, as the resume rewrites the file anyway)
         order = {name: i for i, name in enumerate(stages)} | {"done": len(stages), "final": len(stages)}
-        keep = [r for r in self.records()
-                if (order.get(r.get("stage"), len(stages) + 1), r.get("epoch", 0)) < (order[stage], epoch)]
+        records = self.records()
+        if any(r.get("stage") in stages and r.get("epoch") == 0 for r in records):
+            records = [r | {"epoch": r["epoch"] + 1} if r.get("stage") in stages else r for r in records]
+        at = order[stage]
+        keep = [r for r in records if order.get(r.get("stage"), len(stages) + 1) < at
+                or (r.get("stage") == stage and r.get("epoch", 0) <= epoch)]
         # rewritten whole: this also repairs a torn last line left by a kill mid-write
         durable.write_text(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in keep))
 

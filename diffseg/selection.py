@@ -74,14 +74,14 @@ class Selection:
             dice = evaluate.score(probs, truth.gts, truth.fovs, thr, surface=False)["dice"]
             out[f"{sel}_dice_{name}"], out[f"{sel}_threshold_{name}"] = dice, thr
             if self.best is None or dice > self.best["dice"]:
-                self.best = {"predictor": name, "epoch": epoch, "dice": dice, "split": sel, "threshold": thr}
+                self.best = {"predictor": name, "epoch": epoch + 1, "dice": dice, "split": sel, "threshold": thr}
                 if self.rt.is_main:
                     checkpoint.save(kept_state(self.method, name, self.cfg, self.best, self.data), self.rd.best)
         out[f"{sel}_dice"] = self.best["dice"]
         out[f"{sel}_dice_last"] = max(out[f"{sel}_dice_{p}"] for p in self.method.predictors)
         out[f"{sel}_dice_all_foreground"] = truth.trivial()["all_foreground_dice"]  # the floor, beside it
         if writer is not None:
-            log_images(writer, self.method, self.data, self.data.dataset(sel), epoch, self.rt.device)
+            log_images(writer, self.method, self.data, self.data.dataset(sel), epoch + 1, self.rt.device)
         return out
 
     def monitor(self, stage) -> dict:
@@ -162,7 +162,7 @@ class Selection:
         self.rd.log({"stage": "final", "epoch": cfg.train.epochs, "val_dice": summary["val"].get("dice"),
                      "test_dice": summary["test"].get("dice")})
         test = summary["test"]
-        self.log(f"kept {kept.predictor} from epoch {kept.selected['epoch'] + 1} (threshold {kept.threshold:.2f}): "
+        self.log(f"kept {kept.predictor} from epoch {kept.selected['epoch']} (threshold {kept.threshold:.2f}): "
                  f"val dice {summary['val'].get('dice', float('nan')):.4f}, test dice {test.get('dice', float('nan')):.4f}"
                  + (f" (all-foreground {test['all_foreground_dice']:.4f}; scored at {cfg.eval.resolution} size)"
                     if test else ""))
@@ -197,7 +197,7 @@ class Selection:
             "run_dir": str(self.rd.path), "method": self.cfg.method, "dataset": self.data.source.dataset,
             "status": "diverged", "reason": str(exc), "stage": exc.stage, "epoch": exc.epoch + 1, "key": exc.key,
             "val": {}, "test": {}, "wall_s": round(seconds, 1), "device": str(self.rt.device)})
-        self.rd.log({"stage": "final", "epoch": exc.epoch, "status": "diverged"})
+        self.rd.log({"stage": "final", "epoch": exc.epoch + 1, "status": "diverged"})
         self.log(f"DIVERGED: {exc}")
 
 

@@ -56,5 +56,5 @@ def test_paper_method_records_the_readout_and_both_controls_per_stage1_epoch(tmp
                                                                        r["val_readout_dice_random_init"]))
     # the controls do not change while stage 1 trains; the summary has the last epoch's verdict
     assert pre[0]["val_readout_dice_image"] == pre[1]["val_readout_dice_image"]
-    assert summary["stage1"]["epoch"] == 1 and summary["stage1"]["learned"] == bool(pre[1]["stage1_learned"])
+    assert summary["stage1"]["epoch"] == 2 and summary["stage1"]["learned"] == bool(pre[1]["stage1_learned"])
     assert any("readout" in x and "controls: image" in x and "learned" in x for x in lines if x.startswith("[pretrain"))

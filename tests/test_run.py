@@ -60,7 +60,7 @@ def test_resume_equals_uninterrupted(tiny_cfg, tmp_path):
         Loop(cfg, tmp_path / "cut", Runtime(report=kill_after_first_epoch), log=lambda m: None).fit()
     # a record written after the checkpoint by the killed process must not be duplicated
     with open(tmp_path / "cut" / "metrics.jsonl", "a") as fh:
-        fh.write(json.dumps({"stage": "train", "epoch": 1, "loss": 123.0}) + "\n")
+        fh.write(json.dumps({"stage": "train", "epoch": 2, "loss": 123.0}) + "\n")
     messages = []
     resumed = train(cfg, tmp_path / "cut", log=messages.append)
     assert any("resuming" in m and "train epoch 1" in m for m in messages)

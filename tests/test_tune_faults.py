@@ -78,7 +78,7 @@ def test_killed_driver_is_resumed_without_rerunning_completed_trials(ray_cluster
         assert (study_dir / "trials" / tid / "summary.json").read_text() == summaries[tid]
     for r in ran:
         records = [json.loads(l) for l in (study_dir / "trials" / r["trial_id"] / "metrics.jsonl").read_text().splitlines()]
-        assert [x["epoch"] for x in records if x["stage"] == "train"] == [0, 1]  # no epoch twice
+        assert [x["epoch"] for x in records if x["stage"] == "train"] == [1, 2]  # no epoch twice
         env_json = json.loads((study_dir / "trials" / r["trial_id"] / "environment.json").read_text())
         assert env_json["device"] == "cpu"
         assert "rank 0 of 2" in (study_dir / "trials" / r["trial_id"] / "train.log").read_text()
@@ -244,7 +244,7 @@ def test_driver_killed_repeatedly_at_random_moments_loses_nothing(ray_cluster, t
         assert t.state.name == "COMPLETE" and t.value == pytest.approx(reported[-1]["val_dice"])
         assert sorted(t.intermediate_values) == list(range(1, epochs + 1))
         train = [r["epoch"] for r in read_jsonl_safe(run / "metrics.jsonl") if r.get("stage") == "train"]
-        assert train == list(range(epochs))
+        assert train == list(range(1, epochs + 1))
         assert json.loads((run / "summary.json").read_text())["status"] == "complete"
     for tid, starts in finished_at_kill.items():  # finished before a kill: never trained again
         assert worker_starts(tid) == starts, tid
@@ -260,3 +260,39 @@ def read_jsonl_safe(path: Path) -> list[dict]:
         return read_jsonl(path)
     except Exception:  # being rewritten by a resume at this moment
         return []
+
+
+def test_sigterm_to_the_driver_stops_the_study_as_ctrl_c_does_and_resume_finishes_it(ray_cluster, tmp_path):
+    """SIGTERM (a scheduler's stop, `kill`) once trials run: Ray's core would abort with a native
+    stack dump (exit 134); the driver stops the study as for Ctrl-C, exits 143 saying how to go
+    on, and `resume` then finishes it with every trial's epochs."""
+    trials, epochs = 4, 2
+    path = write_study(tmp_path / "term.yaml", space={"train.lr": {"float": [0.003, 0.03], "log": True}},
+                       trials=trials, concurrency=2, scheduler={"type": "none"},
+                       set={"method": "supervised", "train.epochs": epochs, "data.synthetic_count": 16,
+                            "train.iters_per_epoch": 40})
+    storage, name = tmp_path / "studies", "term"
+    proc = start_tune("search", path, storage, ray_cluster)
+    deadline = time.time() + 300
+    while not list((storage / name / "trials").glob("*/metrics.jsonl")) and time.time() < deadline:
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(0.1)
+    t_term = time.time()
+    proc.send_signal(signal.SIGTERM)  # the driver alone, as `kill PID` does
+    out, _ = proc.communicate(timeout=300)
+    stopped_s = time.time() - t_term
+    assert proc.returncode == 143, out[-3000:]
+    assert "interrupted: terminated (SIGTERM): stopped after" in out and f"`python -m tune resume {name}`" in out
+    assert "SIGTERM received at time" not in out and "Traceback" not in out and "Tuner.restore(" not in out
+    t_resume = time.time()
+    proc = start_tune("resume", name, storage, ray_cluster)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    rows = [r for r in read_csv(storage / name / "trials.csv") if r["state"] != "ABANDONED"]
+    assert len(rows) == trials and {r["state"] for r in rows} == {"COMPLETE"}, rows
+    for r in rows:
+        reported = read_jsonl_safe(storage / name / "trials" / r["trial_id"] / "reports.jsonl")
+        assert [x["epoch"] for x in reported] == list(range(1, epochs + 1))
+    print(f"\nSIGTERM: the driver stopped in {stopped_s:.1f}s with exit 143; resume finished {trials} of {trials} "
+          f"trials in {time.time() - t_resume:.1f}s")
+    print(out[-1500:])

@@ -82,9 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             driver.resume(args.name, args.storage, args.address, args.verbose, trust=args.trust)
         return 0
-    except Interrupted as exc:  # Ctrl-C that Tune turned into an early return
+    except Interrupted as exc:  # Ctrl-C (or SIGTERM) that Tune turned into an early return
         print(f"interrupted: {exc}", file=sys.stderr)
-        return 130
+        return exc.exit_code
     except DiffsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import logging
 from pathlib import Path
 
 import optuna
@@ -114,7 +115,34 @@ def _resume(name: str, study_dir: Path, address: str | None, verbose: bool, trus
     return _fit(restored, study, study_dir)
 
 
+def stop_on_sigterm():
+    """SIGTERM (a scheduler's stop, `kill`) stops the study as Ctrl-C does: Tune saves its state and
+    returns, the trials keep their epochs. Installed once Ray runs, as Ray's core answers SIGTERM
+    with a native stack dump and an abort (exit 134). Returns whether SIGTERM came."""
+    import signal
+
+    came = []
+
+    def handler(signum, frame):
+        came.append(signum)
+        signal.raise_signal(signal.SIGINT)  # Tune's own Ctrl-C handling: save, stop, return
+
+    with contextlib.suppress(ValueError):  # not the main thread (an embedding program): leave it
+        signal.signal(signal.SIGTERM, handler)
+    return lambda: bool(came)
+
+
+class NoRestoreAdvice(logging.Filter):
+    """Tune's "Resume experiment with: Tuner.restore(...)" is not how a study resumes: the driver
+    says `python -m tune resume NAME` itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore(" not in record.getMessage()
+
+
 def _fit(tuner, study: Study, study_dir: Path) -> Path:
+    terminated = stop_on_sigterm()
+    logging.getLogger("ray.tune.tune").addFilter(NoRestoreAdvice())
     try:
         tuner.fit()
     except KeyboardInterrupt:
@@ -126,9 +154,11 @@ def _fit(tuner, study: Study, study_dir: Path) -> Path:
     ended = ended_trials(ot)
     if ended < study.trials:
         report.write(study_dir)
-        # an interrupted study is not a finished one: `python -m tune` exits 130 for it
-        raise Interrupted(f"stopped after {ended} of {study.trials} trials ended; continue with "
-                          f"`python -m tune resume {study.name}`")
+        # an interrupted study is not a finished one: `python -m tune` exits 130 for it (143: SIGTERM)
+        exc = Interrupted(f"{'terminated (SIGTERM): ' if terminated() else ''}stopped after {ended} of "
+                          f"{study.trials} trials ended; continue with `python -m tune resume {study.name}`")
+        exc.exit_code = 143 if terminated() else 130
+        raise exc
     close_lost_trials(ot)
     out = report.write(study_dir)
     best = study_dir / "best.yaml"

@@ -23,6 +23,7 @@ def figures(study, ot) -> list[tuple[str, object | str]]:
 
     target = (lambda t: t.values[0]) if study.second_metric else None
     out = []
+    quiet = optuna_quiet()
     for title, name in FIGURES:
         try:
             with warnings.catch_warnings():
@@ -36,7 +37,18 @@ def figures(study, ot) -> list[tuple[str, object | str]]:
             out.append(("Pareto front", vis.plot_pareto_front(ot, target_names=study.metrics)))
         except Exception as exc:
             out.append(("Pareto front", f"not available: {exc}"))
+    quiet()
     return out
+
+
+def optuna_quiet():
+    """Optuna's own "no completed trials" lines off the console while the figures are drawn (an
+    interrupted or young study has none; the page says so per figure). Returns the undo."""
+    import optuna
+
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    return lambda: optuna.logging.set_verbosity(before)
 
 
 def write_html(study, ot, study_dir: Path) -> Path | None:
