@@ -155,6 +155,7 @@ def parse(data: dict, preset: str | None = None, source: str = "") -> Benchmark:
             raise ConfigError(f"tuned: '{dataset}' is not a dataset of this benchmark")
         if not Path(best).is_file():
             raise ConfigError(f"tuned: {dataset}'s config {best} not found (a finished study's best.yaml)")
+        check_tuning_seeds(dataset, best, f.seeds)
     groups = {group_name(d, m, r) for d in f.datasets for m in methods for r in f.ratios}
     for key in f.exclude:
         if key not in groups:
@@ -170,6 +171,18 @@ def parse(data: dict, preset: str | None = None, source: str = "") -> Benchmark:
         raise ConfigError(f"two cells share the name {twice[0]}: ratios {list(f.ratios)} and seeds {list(f.seeds)} "
                           f"must differ in whole percent and in value")
     return bench
+
+
+def check_tuning_seeds(dataset: str, best: str, seeds: tuple) -> None:
+    """A tuned config is scored on seeds its study never saw: the study chose it on its trials'
+    seed (model initialisation and splits), so scoring that seed again rewards the search's luck."""
+    tuned = config_mod.load(best)
+    shared = sorted({tuned.seed, tuned.data.split_seed} & set(seeds))
+    if shared:
+        start = max(tuned.seed, tuned.data.split_seed) + 1
+        raise ConfigError(f"tuned: {dataset}'s {best} was tuned with seed {tuned.seed} and data.split_seed "
+                          f"{tuned.data.split_seed}, and this benchmark scores seed(s) {shared} again; final seeds "
+                          f"must be ones the study never saw, e.g. seeds: {list(range(start, start + len(seeds)))}")
 
 
 def variant(entry) -> Variant:

@@ -126,3 +126,24 @@ def test_mid_preset_keeps_the_structures_it_scores(shared_data):
     budgets = {(c.config["train"]["epochs"] * c.config["train"]["iters_per_epoch"], c.config["train"]["batch_size"])
                for c in cells}
     assert budgets == {(120, 4)}
+
+
+def test_a_tuned_config_is_scored_on_seeds_its_study_never_saw_and_the_table_says_it_was_tuned(tmp_path):
+    """`tuned:` hands the paper's method a study's best config: the benchmark refuses final seeds
+    the study trained on, and the table says the comparison is tuned against untuned."""
+    import tally
+    from diffseg import config as config_mod
+
+    best = tmp_path / "best.yaml"
+    config_mod.save(config_mod.load("glas", {"train.lr": 0.0123, "seed": 0, "data.split_seed": 0}), best)
+    data = {"name": "t", "datasets": {"glas": "glas"}, "ratios": [0.1], "methods": ["diffusion_cps", "supervised"],
+            "preset": "smoke", "tuned": {"glas": str(best)}}
+    tally.refused(lambda: benchmark.parse(data | {"seeds": [0, 1]}), ConfigError,
+                  r"tuned with seed 0 and data.split_seed 0, and this benchmark scores seed\(s\) \[0\] again.*"
+                  r"seeds: \[1, 2\]")
+    bench = benchmark.parse(data | {"seeds": [1, 2]})
+    lr = {c.name: c.config["train"]["lr"] for c in bench.cells()}
+    assert lr["glas-diffusion_cps-r10-s1"] == 0.0123 and lr["glas-supervised-r10-s1"] != 0.0123
+    caveat = "\n".join(bench_report.tuned_caveat({"tuned": {"glas": str(best)}}))
+    assert "Tuned against untuned" in caveat and "not a fair comparison" in caveat
+    assert bench_report.tuned_caveat({"tuned": {}}) == []
