@@ -50,7 +50,7 @@ def cmd_train(args, extra=None) -> None:
     from .loop import default_run_dir, fit
 
     cfg = _load(args, extra)
-    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg)
+    run_dir = (Path(args.run_dir) if args.run_dir else default_run_dir(cfg)).expanduser().resolve()
     check_run_dir(run_dir)
     summary = fit(cfg, run_dir, _runtime(args), pretrained=args.pretrained)
     print(f"summary: {run_dir / 'summary.json'}")

@@ -62,7 +62,7 @@ def check_outputs(inputs: list[tuple[str, Path]], input_dir: Path, output_dir: P
 def predict_folder(run_dir, input_dir, output_dir, probabilities: bool = False, device: str = "auto",
                    log=print, overwrite: bool = False, threshold: float | None = None) -> list[Path]:
     """Masks of every image (or volume) in ``input_dir``, at the kept threshold or ``threshold``."""
-    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    input_dir, output_dir = Path(input_dir).expanduser().resolve(), Path(output_dir).expanduser().resolve()
     if not input_dir.is_dir():
         raise DataError(f"input folder not found: {input_dir}")
     if threshold is not None and not 0 <= threshold < 1:

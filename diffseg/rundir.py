@@ -80,7 +80,8 @@ def read_jsonl(path: Path) -> list[dict]:
 
 class RunDir:
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        # absolute, symbolic links resolved: every message names the folder as `tune` does
+        self.path = Path(path).expanduser().resolve()
         self.checkpoints = self.path / "checkpoints"
         self.last = self.checkpoints / "last.pt"
         self.best = self.checkpoints / "best.pt"
