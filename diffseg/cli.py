@@ -117,9 +117,19 @@ def cmd_predict(args) -> None:
     print(f"wrote {len(written)} files to {args.output}")
 
 
+def refuse_existing(path: Path, overwrite: bool) -> None:
+    """A command's --output file that already exists is someone's earlier result: kept unless told."""
+    if path.is_dir():
+        raise DiffsegError(f"--output {path} is a folder; name a file")
+    if path.exists() and not overwrite:
+        raise DiffsegError(f"--output {path} exists (an earlier result); give another path, or --overwrite "
+                           f"to replace it")
+
+
 def cmd_bench(args) -> None:
     from .bench import run_bench, save
 
+    refuse_existing(Path(args.output), args.overwrite)  # before minutes of measuring, not after
     cfg = _load(args)
     result = run_bench(cfg, args.steps, runtime=_runtime(args))
     save(result, Path(args.output))
@@ -184,6 +194,7 @@ def parser() -> argparse.ArgumentParser:
     be.add_argument("--steps", type=int, default=5)
     be.add_argument("--no-amp", action="store_true", help="full precision on CUDA")
     be.add_argument("--output", default="experiments/results/bench.json")
+    be.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     _common(be, "debug")
     be.set_defaults(fn=cmd_bench)
     return p

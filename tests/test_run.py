@@ -157,6 +157,20 @@ def test_bench_writes_json(tmp_path):
     assert result["hardware"]["device"] == "cpu" and all(r["steps_per_s"] > 0 for r in result["rows"])
 
 
+def test_bench_and_overhead_keep_an_earlier_result_unless_told(tmp_path, capsys):
+    """An existing --output is someone's earlier measurement: refused before any measuring."""
+    import tally
+    from tune import cli as tune_cli
+
+    earlier = tmp_path / "bench.json"
+    earlier.write_text('{"rows": "an earlier result"}')
+    tally.attempt(["bench", "--steps", "1", "--output", str(earlier)], capsys,
+                  r"--output .*bench.json exists \(an earlier result\).*--overwrite", keep=(earlier,))
+    tally.attempt(["bench", "--output", str(tmp_path)], capsys, "is a folder; name a file")
+    tally.attempt(["overhead", "--output", str(earlier)], capsys, "exists .*--overwrite", keep=(earlier,),
+                  main=tune_cli.main)
+
+
 @pytest.mark.slow
 def test_debug_on_real_glas_beats_all_foreground(shared_data, tmp_path, capsys):
     run = tmp_path / "glas"

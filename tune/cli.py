@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from diffseg.errors import DiffsegError, Interrupted
 
@@ -43,6 +44,7 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("--config", default="debug")
     o.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
     o.add_argument("--output", help="also write the figures to this JSON file")
+    o.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     o.add_argument("--repeat", type=int, default=1, help="repeat the three runs; medians are reported")
     return p
 
@@ -67,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "overhead":
             from .overhead import main as overhead
 
+            if args.output:
+                from diffseg.cli import refuse_existing
+
+                refuse_existing(Path(args.output), args.overwrite)
             overhead(args.config, args.overrides, args.output, args.repeat)
             return 0
         if args.command == "submit":
