@@ -25,9 +25,10 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -ra -m "not slow"
 
-# the speed benchmark: steps/s and memory of every method's training step (diffseg bench)
+# the speed benchmark: steps/s and memory of every method's training step (diffseg bench), a new
+# file per run (bench keeps an existing --output)
 speed: $(STAMP)
-	$(PY) -m diffseg bench
+	$(PY) -m diffseg bench --output experiments/results/bench-$$(date +%Y%m%d-%H%M%S).json
 
 # the methods benchmark: datasets x label ratios x seeds x methods as Ray trials (small preset)
 benchmark: $(STAMP)
