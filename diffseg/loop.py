@@ -155,15 +155,12 @@ class Loop:
     def save(self) -> None:
         if self.rt.is_main:
             run_state.save_last(self.rd, self.method, self.cfg, {"stage": self.stage, "epoch": self.epoch,
-                                                                  "best": self.selection.best, "numbering": 1},
-                                self.last_report)
+                                                                  "best": self.selection.best}, self.last_report)
 
     def restore(self) -> None:
         state = run_state.load_last(self.rd, self.rt.device, self.log)
         run_state.restore_networks(self.method, state)
         self.stage, self.epoch, self.selection.best = state["stage"], state["epoch"], state["best"]
-        if self.selection.best is not None and "numbering" not in state:  # saved when epochs counted from 0
-            self.selection.best = self.selection.best | {"epoch": self.selection.best["epoch"] + 1}
         self.last_report = state.get("last_report")
         checkpoint.set_rng_state(state["rng"])
         if self.rt.rank:
@@ -334,8 +331,7 @@ class Loop:
     def record(self, stage: Stage, epoch: int, metrics: dict, seconds: float) -> None:
         if not self.rt.is_main:
             return
-        # epochs are counted from 1 everywhere (console, metrics.jsonl, summary.json, TensorBoard, Tune)
-        self.rd.log({"stage": stage.name, "epoch": epoch + 1} | metrics | {"seconds": seconds})
+        self.rd.log({"stage": stage.name, "epoch": epoch + 1} | metrics | {"seconds": seconds})  # from 1, as printed
         stages = self.method.stages
         offset = sum(getattr(self.cfg, s.section).epochs for s in stages[:stages.index(stage)])
         for k, v in metrics.items():

@@ -13,6 +13,7 @@ from .methods import Method, stage1_config, stage1_key
 def save_last(rd, method: Method, cfg, position: dict, last_report: dict | None) -> None:
     """``position``: the stage, epoch and selection state the run resumes from."""
     checkpoint.save(position | {
+        "numbering": 1,  # epochs in it count from 1 (see numbered)
         "networks": {n: net.state_dict() for n, net in method.networks.items()},
         "optimizers": {n: o.state_dict() for n, o in method.optimizers.items()},
         "rng": checkpoint.rng_state(), "config": config_mod.to_dict(cfg), "last_report": last_report},
@@ -24,15 +25,22 @@ def load_last(rd, device, log) -> dict:
     said in the log; neither readable is an error naming both files."""
     prev = checkpoint.previous(rd.last)
     try:
-        return checkpoint.load(rd.last, device)
+        return numbered(checkpoint.load(rd.last, device))
     except (DataError, FileNotFoundError) as exc:
         if not prev.exists():
             raise
         log(f"WARNING: {exc}; resuming from the checkpoint before it, {prev}")
         try:
-            return checkpoint.load(prev, device)
+            return numbered(checkpoint.load(prev, device))
         except DataError as second:
             raise DataError(f"cannot resume {rd.path}: {exc}; and {second}") from None
+
+
+def numbered(state: dict) -> dict:
+    """A checkpoint saved when epochs counted from 0 (no ``numbering``): its kept epoch from 1."""
+    if state.get("best") is not None and "numbering" not in state:
+        state = state | {"best": state["best"] | {"epoch": state["best"]["epoch"] + 1}, "numbering": 1}
+    return state
 
 
 def restore_networks(method: Method, state: dict) -> None:

@@ -99,9 +99,9 @@ def volume_spacing(path: Path) -> tuple[float, ...]:
     return tuple(float(v) for v in reader.GetSpacing())
 
 
-def read_la_nrrd(item: Item):
-    """A challenge case: the MRI z-scored over the volume (as the HDF5 preprocessing does, without
-    its crop around the label, which would read the test labels), the cavity label > 0."""
+def read_volume_pair(item: Item) -> tuple[np.ndarray, np.ndarray]:
+    """An image volume z-scored over the volume and its label volume as stored, checked to agree
+    in shape and spacing (LA's challenge files, nnU-Net's and the Decathlon's cases)."""
     image, spacing = read_volume(item.image)
     label, label_spacing = read_volume(item.mask)
     if image.shape != label.shape:
@@ -109,5 +109,11 @@ def read_la_nrrd(item: Item):
     if not np.allclose(spacing, label_spacing, rtol=1e-4):
         raise DataError(f"{item.mask}: spacing {label_spacing} != the image's {spacing}")
     image = image.astype(np.float32)
-    image = (image - image.mean()) / max(float(image.std()), 1e-8)
+    return (image - image.mean()) / max(float(image.std()), 1e-8), label
+
+
+def read_la_nrrd(item: Item):
+    """A challenge case: the MRI z-scored over the volume (as the HDF5 preprocessing does, without
+    its crop around the label, which would read the test labels), the cavity label > 0."""
+    image, label = read_volume_pair(item)
     return image, (label > 0).astype(np.uint8), None

@@ -22,6 +22,7 @@ import numpy as np
 from ..errors import ConfigError, DataError
 from .images import check_header, read_image
 from .items import Item, Source, hashed_test_split
+from .la import read_volume_pair, volume_spacing
 
 IMAGE_ENDINGS = (".png", ".tif", ".tiff", ".bmp")
 VOLUME_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
@@ -307,20 +308,5 @@ def read_case_image(item: Item, fg: tuple[int, ...], known: tuple[int, ...], cha
 
 
 def read_case_volume(item: Item, fg: tuple[int, ...], known: tuple[int, ...]):
-    from .la import read_volume
-
-    image, spacing = read_volume(item.image)
-    labels, label_spacing = read_volume(item.mask)
-    if image.shape != labels.shape:
-        raise DataError(f"{item.mask}: label shape {labels.shape} != image shape {image.shape} ({item.image})")
-    if not np.allclose(spacing, label_spacing, rtol=1e-4):
-        raise DataError(f"{item.mask}: spacing {label_spacing} != the image's {spacing}")
-    image = image.astype(np.float32)
-    image = (image - image.mean()) / max(float(image.std()), 1e-8)
+    image, labels = read_volume_pair(item)
     return image, to_binary(np.rint(labels).astype(np.int64), fg, known, item.mask), None
-
-
-def volume_spacing(path: Path) -> tuple[float, ...]:
-    from .la import volume_spacing as spacing_of
-
-    return spacing_of(path)
