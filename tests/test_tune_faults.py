@@ -167,6 +167,8 @@ def test_worker_killed_at_random_epochs_resumes_and_reports_every_epoch_once(ray
     assert int(rows[0]["attempts"]) == kills + 1 and rows[0]["epochs"] == str(epochs)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "complete"
+    from tune.paths import TAKEN  # the record a restart consults when Tune's checkpoint lags
+    assert json.loads((run / TAKEN).read_text())["epoch"] == epochs
     print(f"\nworker killed at epochs {[e for _, e in killed]}: {kills} of {kills} recovered, "
           f"0 epochs lost or reported twice")
 
@@ -296,3 +298,19 @@ def test_sigterm_to_the_driver_stops_the_study_as_ctrl_c_does_and_resume_finishe
     print(f"\nSIGTERM: the driver stopped in {stopped_s:.1f}s with exit 143; resume finished {trials} of {trials} "
           f"trials in {time.time() - t_resume:.1f}s")
     print(out[-1500:])
+
+
+def test_an_epoch_taken_by_this_driver_is_not_handed_to_tune_again(tmp_path):
+    """The driver's record of the epoch it took (written before Tune has that epoch's checkpoint)
+    counts only for the driver that wrote it: a trial restarted under a resumed driver goes by
+    Tune's restored checkpoint and replays the rest."""
+    from tune.paths import TAKEN
+    from tune.taken import last_taken
+
+    assert last_taken(tmp_path, 2, "01000000") == 2  # no record yet
+    (tmp_path / TAKEN).write_text(json.dumps({"job": "01000000", "epoch": 3}))
+    assert last_taken(tmp_path, 2, "01000000") == 3  # killed before the checkpoint came back
+    assert last_taken(tmp_path, 4, "01000000") == 4  # the checkpoint is never behind by the record
+    assert last_taken(tmp_path, 2, "02000000") == 2  # a new driver: Tune's restored state rules
+    (tmp_path / TAKEN).write_text('{"job": "0100')  # torn by a crash
+    assert last_taken(tmp_path, 2, "01000000") == 2

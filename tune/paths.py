@@ -14,6 +14,11 @@ WORKER_STARTS = "worker_starts.jsonl"  # in a trial's run folder: one line per s
 # in a trial's run folder: every epoch's report, written before it goes to Tune, so that a trial
 # restarted by a resumed driver can hand Tune the epochs the dead driver took but never saved
 REPORTS = "reports.jsonl"
+# in a trial's run folder: the last epoch the driver's Tune took, with the driver's Ray job id.
+# Tune's own checkpoint of that epoch arrives a moment later (a second call to the trial's
+# process): a trial process killed in between restarts with the epoch before, and this says the
+# epoch is already Tune's, so it is not handed over twice
+TAKEN = "taken_by_driver.json"
 
 
 def study_dir_for(name: str, storage: str | None) -> Path:

@@ -21,6 +21,7 @@ import threading
 import time
 from pathlib import Path
 
+import ray
 import ray.train
 import ray.tune
 from ray.train import UserCallback
@@ -32,6 +33,7 @@ from diffseg import config as config_mod
 from .paths import REPORTS, STARTS
 from .resources import TrialSetup
 from .study import Study
+from .taken import last_taken
 from .worker import ACK_FILE, STOP, logger, record_report, train_loop, trial_device, work
 
 
@@ -60,8 +62,9 @@ def run_config(cfg, name: str, params: dict, setup: TrialSetup, study_dir: Path)
     (run_dir / "params.json").write_text(json.dumps(params, indent=1))
     # Tune's saved state may lag what the last driver took (it saves every few seconds): the
     # worker's acknowledgements restart from what Tune holds, and the epochs in between are
-    # handed to Tune again from the run folder, a finished run's last one included
-    held = held_by_tune()
+    # handed to Tune again from the run folder, a finished run's last one included. Under the
+    # same driver, the epoch whose checkpoint never came back is Tune's already (see taken.py)
+    held = last_taken(run_dir, held_by_tune(), ray.get_runtime_context().get_job_id())
     acknowledge(run_dir, held)
     try:
         last = replay(run_dir, held)
