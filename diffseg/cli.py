@@ -62,9 +62,7 @@ def check_run_dir(run_dir: Path) -> None:
     """A run folder to train into: a folder (or to be made) and not a finished run, whose
     results are final (re-scoring it would replace its summary, with other data if the data
     root changed)."""
-    for part in [run_dir, *run_dir.parents]:
-        if part.exists() and not part.is_dir():
-            raise DiffsegError(f"--run-dir {run_dir}: {part} is a file, not a folder")
+    check_folders(run_dir, "--run-dir", run_dir)
     summary = run_dir / "summary.json"
     if summary.is_file():
         try:
@@ -117,10 +115,19 @@ def cmd_predict(args) -> None:
     print(f"wrote {len(written)} files to {args.output}")
 
 
+def check_folders(path: Path, flag: str, folder: Path) -> None:
+    """Every existing part of ``folder`` (``path`` itself or its parent) is a folder, so that
+    writing there cannot fail after the work."""
+    for part in [folder, *folder.parents]:
+        if part.exists() and not part.is_dir():
+            raise DiffsegError(f"{flag} {path}: {part} is a file, not a folder")
+
+
 def refuse_existing(path: Path, overwrite: bool) -> None:
     """A command's --output file that already exists is someone's earlier result: kept unless told."""
     if path.is_dir():
         raise DiffsegError(f"--output {path} is a folder; name a file")
+    check_folders(path, "--output", path.parent)
     if path.exists() and not overwrite:
         raise DiffsegError(f"--output {path} exists (an earlier result); give another path, or --overwrite "
                            f"to replace it")

@@ -167,6 +167,8 @@ def test_bench_and_overhead_keep_an_earlier_result_unless_told(tmp_path, capsys)
     tally.attempt(["bench", "--steps", "1", "--output", str(earlier)], capsys,
                   r"--output .*bench.json exists \(an earlier result\).*--overwrite", keep=(earlier,))
     tally.attempt(["bench", "--output", str(tmp_path)], capsys, "is a folder; name a file")
+    tally.attempt(["bench", "--output", str(earlier / "out.json")], capsys, r"bench.json is a file, not a folder",
+                  keep=(earlier,))
     tally.attempt(["overhead", "--output", str(earlier)], capsys, "exists .*--overwrite", keep=(earlier,),
                   main=tune_cli.main)
 
