@@ -194,6 +194,9 @@ def test_folders_that_are_almost_right_are_named_with_what_to_change(tmp_path):
     (nn / "dataset.json").unlink()
     tally.refused(lambda: open_as("nnunet", nn),
                   DataError, r"no dataset.json in .*channel_names, labels and file_ending")
+    # labels as a list (a common slip): named as such, before anything reads the cases
+    write_json(nn, labels=["background", "gland"], file_ending=".nii.gz")
+    tally.refused(lambda: open_as("nnunet", nn), DataError, r"'labels' must be a non-empty mapping, got \['background'")
     write_json(nn, labels=LABELS, file_ending=".png")
     (nn / "imagesTr" / "c00_0000.png").rename(nn / "imagesTr" / "c00.png")
     tally.refused(lambda: open_as("nnunet", nn), DataError, r"c00.png: nnU-Net names image files CASE_0000.png")

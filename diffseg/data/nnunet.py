@@ -29,18 +29,24 @@ VOLUME_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 HELD_OUT = 0.2  # no labelled test cases: a hashed 20 % of the training cases, as the folder layout
 
 
-def read_json(root: Path) -> dict:
+def read_json(root: Path, layout: str) -> dict:
+    """dataset.json of an nnU-Net raw or Decathlon folder (``layout`` says what the folder should
+    hold, for the message when it does not), its ``labels`` checked and made name -> value here, once,
+    from either of the two forms (``label_values``)."""
+    hint = looks_like(root)
+    if not (root / "imagesTr").is_dir():
+        raise DataError(f"folder not found: {root / 'imagesTr'}; {layout}" + (f", and {root} has {hint}" if hint else ""))
     path = root / "dataset.json"
     if not path.is_file():
         raise DataError(f"no dataset.json in {root}: nnU-Net raw and Decathlon datasets carry one "
-                        f"({'with ' + looks_like(root) if looks_like(root) else 'expected beside imagesTr/ and labelsTr/'})"
-                        f"; nnU-Net's names channel_names, labels and file_ending")
+                        f"(with {hint}); nnU-Net's names channel_names, labels and file_ending")
     try:
         meta = json.loads(path.read_text(encoding="utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(meta, dict) or "labels" not in meta:
         raise DataError(f"{path} has no 'labels' (a mapping of label names and values)")
+    meta["labels"] = label_values(meta, path)
     return meta
 
 
@@ -78,7 +84,7 @@ def label_values(meta: dict, path: Path) -> dict[str, int]:
 def foreground(meta: dict, wanted: tuple[str, ...], path: Path) -> tuple[int, ...]:
     """The label values that are foreground: ``data.foreground_labels`` given as values or as
     dataset.json's names; empty: every label but 0."""
-    values = label_values(meta, path)
+    values = meta["labels"]
     if not wanted:
         return tuple(sorted(v for v in values.values() if v != 0))
     out = set()
@@ -97,6 +103,13 @@ def foreground(meta: dict, wanted: tuple[str, ...], path: Path) -> tuple[int, ..
     return tuple(sorted(out))
 
 
+def split_channel(stem: str) -> tuple[str, int] | None:
+    """``CASE_0001`` -> ("CASE", 1): nnU-Net's image name, a 4-digit channel after the case; None
+    for any other name."""
+    case, _, channel = stem.rpartition("_")
+    return (case, int(channel)) if case and len(channel) == 4 and channel.isdigit() else None
+
+
 def channel_files(folder: Path, ending: str) -> dict[str, list[Path]]:
     """nnU-Net's image files by case: ``CASE_0000<ending>``, ``CASE_0001...``, in channel order;
     every case must have the same channels."""
@@ -106,12 +119,11 @@ def channel_files(folder: Path, ending: str) -> dict[str, list[Path]]:
     for p in sorted(folder.iterdir()):
         if p.name.startswith(".") or not p.is_file() or not p.name.lower().endswith(ending):
             continue
-        stem = p.name[: -len(ending)]
-        case, _, channel = stem.rpartition("_")
-        if not case or len(channel) != 4 or not channel.isdigit():
+        parsed = split_channel(p.name[: -len(ending)])
+        if parsed is None:
             raise DataError(f"{p}: nnU-Net names image files CASE_0000{ending} (a 4-digit channel after the "
                             f"case name); rename it, or use data.dataset=folder for images/ and masks/ named alike")
-        cases.setdefault(case, {})[int(channel)] = p
+        cases.setdefault(parsed[0], {})[parsed[1]] = p
     want = None
     for case, files in cases.items():
         if sorted(files) != list(range(len(files))):
@@ -151,11 +163,7 @@ def check_dims(ending: str, dim: int, root: Path, dataset: str) -> None:
 
 def nnunet_source(root: Path, cfg, dim: int) -> Source:
     dataset = "nnunet" if dim == 2 else "nnunet3d"
-    if not (root / "imagesTr").is_dir():
-        hint = looks_like(root)
-        raise DataError(f"folder not found: {root / 'imagesTr'}; nnU-Net's raw layout is imagesTr/ + labelsTr/ + "
-                        f"dataset.json" + (f", and {root} has {hint}" if hint else ""))
-    meta = read_json(root)
+    meta = read_json(root, "nnU-Net's raw layout is imagesTr/ + labelsTr/ + dataset.json")
     ending = meta.get("file_ending") or next(
         (ending_of(p.name) for p in sorted((root / "imagesTr").iterdir()) if ending_of(p.name)), "")
     check_dims(ending, dim, root, dataset)
@@ -193,11 +201,7 @@ def nnunet3d(root: Path, cfg) -> Source:
 def msd(root: Path, cfg) -> Source:
     """A Decathlon task: the pairs dataset.json's ``training`` lists (its ``test`` images have no
     labels, so a hashed share of the training cases is held out); single-modality volumes."""
-    if not (root / "imagesTr").is_dir():
-        hint = looks_like(root)
-        raise DataError(f"folder not found: {root / 'imagesTr'}; the Decathlon's layout is TaskNN_Name/ with "
-                        f"imagesTr/, labelsTr/ and dataset.json" + (f", and {root} has {hint}" if hint else ""))
-    meta = read_json(root)
+    meta = read_json(root, "the Decathlon's layout is TaskNN_Name/ with imagesTr/, labelsTr/ and dataset.json")
     pairs = meta.get("training")
     if not isinstance(pairs, list) or not pairs:
         raise DataError(f"{root / 'dataset.json'} lists no 'training' pairs; an nnU-Net raw dataset (file_ending, "
@@ -226,7 +230,7 @@ def msd(root: Path, cfg) -> Source:
 
 def make_source(dataset: str, root: Path, dim: int, items: list[Item], fg: tuple[int, ...], meta: dict,
                 notes: list[str]) -> Source:
-    values = label_values(meta, root / "dataset.json")
+    values = meta["labels"]  # name -> value (read_json)
     known = tuple(values.values())
     notes = [f"foreground labels {list(fg)} of {values}"] + notes
     if dim == 3:
@@ -294,8 +298,7 @@ def input_cases(folder: Path, files: list[Path]) -> list[tuple[str, list[Path]]]
 
 
 def is_channel_file(path: Path) -> bool:
-    case, _, channel = path.name[: -len(ending_of(path.name)) or None].rpartition("_")
-    return bool(case) and len(channel) == 4 and channel.isdigit()
+    return split_channel(path.name[: -len(ending_of(path.name)) or None]) is not None
 
 
 def read_case_image(item: Item, fg: tuple[int, ...], known: tuple[int, ...], channels: int):

@@ -17,7 +17,7 @@ from ..errors import ConfigError, DataError
 from .images import GRAY_MODES, folder_channels, read_image, read_mask, read_pair  # noqa: F401 (re-exported)
 from .items import Item, Source, hashed_test_split
 from .la import LA_SPACING, la, read_volume  # noqa: F401 (re-exported)
-from .nnunet import looks_like, msd, nnunet, nnunet3d
+from .nnunet import looks_like, msd, nnunet, nnunet3d, split_channel
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 IMAGE_EXTS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".gif")
@@ -47,8 +47,8 @@ def pair_folder(images: Path, masks: Path, split_of: Callable[[str], str],
     items = []
     for name, path in imgs.items():
         if name not in msks:
-            case = name.rpartition("_")[0]
-            if case in msks and name[len(case) + 1:].isdigit():  # CASE_0000.png beside CASE.png
+            case = (split_channel(name) or ("",))[0]
+            if case in msks:  # CASE_0000.png beside CASE.png
                 raise DataError(f"no mask for image {path}: its name is nnU-Net's CASE_0000 (a channel after "
                                 f"the case) and {msks[case].name} is its label; put the images in imagesTr/ and the "
                                 f"masks in labelsTr/ with a dataset.json and use data.dataset=nnunet, or rename "
