@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import logging
 from pathlib import Path
 
 import optuna
@@ -115,10 +114,12 @@ def _resume(name: str, study_dir: Path, address: str | None, verbose: bool, trus
     return _fit(restored, study, study_dir)
 
 
+@contextlib.contextmanager
 def stop_on_sigterm():
     """SIGTERM (a scheduler's stop, `kill`) stops the study as Ctrl-C does: Tune saves its state and
     returns, the trials keep their epochs. Installed once Ray runs, as Ray's core answers SIGTERM
-    with a native stack dump and an abort (exit 134). Returns whether SIGTERM came."""
+    with a native stack dump and an abort (exit 134). Yields whether SIGTERM came; the handler
+    before it is back afterwards."""
     import signal
 
     came = []
@@ -127,27 +128,24 @@ def stop_on_sigterm():
         came.append(signum)
         signal.raise_signal(signal.SIGINT)  # Tune's own Ctrl-C handling: save, stop, return
 
-    with contextlib.suppress(ValueError):  # not the main thread (an embedding program): leave it
-        signal.signal(signal.SIGTERM, handler)
-    return lambda: bool(came)
-
-
-class NoRestoreAdvice(logging.Filter):
-    """Tune's "Resume experiment with: Tuner.restore(...)" is not how a study resumes: the driver
-    says `python -m tune resume NAME` itself."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Tuner.restore(" not in record.getMessage()
+    try:
+        before = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (an embedding program): leave it
+        before = None
+    try:
+        yield lambda: bool(came)
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
 
 
 def _fit(tuner, study: Study, study_dir: Path) -> Path:
-    terminated = stop_on_sigterm()
-    logging.getLogger("ray.tune.tune").addFilter(NoRestoreAdvice())
-    try:
-        tuner.fit()
-    except KeyboardInterrupt:
-        say(f"interrupted; continue with `python -m tune resume {study.name}`")
-        raise
+    with stop_on_sigterm() as terminated:
+        try:
+            tuner.fit()
+        except KeyboardInterrupt:
+            say(f"interrupted; continue with `python -m tune resume {study.name}`")
+            raise
     seal.seal(study_dir)  # the final state, once Tune's last copy into tune/ is done
     # Tune turns Ctrl-C into a clean return with trials left unfinished: count what really ended
     ot = optuna.load_study(study_name=study.name, storage=journal(study_dir))

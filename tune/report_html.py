@@ -4,6 +4,7 @@ from the study's journal, drawn by ``optuna.visualization``. plotly.js is writte
 so it opens from the study folder with no server and no network."""
 from __future__ import annotations
 
+import contextlib
 import html
 import warnings
 from pathlib import Path
@@ -23,32 +24,35 @@ def figures(study, ot) -> list[tuple[str, object | str]]:
 
     target = (lambda t: t.values[0]) if study.second_metric else None
     out = []
-    quiet = optuna_quiet()
-    for title, name in FIGURES:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # experimental and few-trial warnings: expected in small studies
-                fig = getattr(vis, name)(ot, target=target, target_name=study.metric)
-            out.append((title, fig))
-        except Exception as exc:  # too few complete trials, no parameter varied, ...
-            out.append((title, f"not available: {exc}"))
-    if study.second_metric:
-        try:
-            out.append(("Pareto front", vis.plot_pareto_front(ot, target_names=study.metrics)))
-        except Exception as exc:
-            out.append(("Pareto front", f"not available: {exc}"))
-    quiet()
+    with optuna_quiet():
+        for title, name in FIGURES:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # experimental and few-trial warnings: expected in small studies
+                    fig = getattr(vis, name)(ot, target=target, target_name=study.metric)
+                out.append((title, fig))
+            except Exception as exc:  # too few complete trials, no parameter varied, ...
+                out.append((title, f"not available: {exc}"))
+        if study.second_metric:
+            try:
+                out.append(("Pareto front", vis.plot_pareto_front(ot, target_names=study.metrics)))
+            except Exception as exc:
+                out.append(("Pareto front", f"not available: {exc}"))
     return out
 
 
+@contextlib.contextmanager
 def optuna_quiet():
     """Optuna's own "no completed trials" lines off the console while the figures are drawn (an
-    interrupted or young study has none; the page says so per figure). Returns the undo."""
+    interrupted or young study has none; the page says so per figure)."""
     import optuna
 
     before = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    return lambda: optuna.logging.set_verbosity(before)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(before)
 
 
 def write_html(study, ot, study_dir: Path) -> Path | None:

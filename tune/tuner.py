@@ -90,13 +90,26 @@ class _DropHarmless(logging.Filter):
         return "worker processes have been started" not in record.getMessage()
 
 
+class NoRestoreAdvice(logging.Filter):
+    """Tune's "Resume experiment with: Tuner.restore(...)" is not how a study resumes: the driver
+    says `python -m tune resume NAME` itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore(" not in record.getMessage()
+
+
+_DROP_HARMLESS, _NO_RESTORE_ADVICE = _DropHarmless(), NoRestoreAdvice()
+
+
 def quiet() -> None:
     """Keep the console to the study's own progress lines: no Ray, Tune or Optuna banners, no
-    Tune TensorBoard hint (it names a driver-artifacts folder, not the study's); ``--verbose``
-    brings them back."""
+    Tune TensorBoard hint (it names a driver-artifacts folder, not the study's), no advice to
+    resume with ``Tuner.restore``; ``--verbose`` brings them back."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's classic output, silent at verbose=0
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
-    logging.getLogger("ray._private.worker").addFilter(_DropHarmless())
+    # the same filter objects each call: a logger keeps one copy of a filter it already has
+    logging.getLogger("ray._private.worker").addFilter(_DROP_HARMLESS)
+    logging.getLogger("ray.tune.tune").addFilter(_NO_RESTORE_ADVICE)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
