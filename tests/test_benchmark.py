@@ -2,6 +2,7 @@
 read back, a second invocation that runs nothing again, and the intervals by hand."""
 import csv
 import math
+import re
 
 import pytest
 
@@ -79,7 +80,8 @@ def test_local_lanes_run_cells_without_ray_into_the_same_folders(shared_data, tm
     folder = benchmark.run("smoke", storage=str(tmp_path), data_root=str(shared_data), local=2, device="cpu",
                            only=("glas-supervised-*",))
     out = capsys.readouterr().out
-    assert "2 of its 6 by --only" in out and "2/2 done" in out
+    assert "2 of its 6 by --only" in out and "2/2 done, about 0 min left" in out
+    assert re.search(r"cell glas-supervised-r10-s0 finished \(val Dice 0\.\d{4}\); [12]/2 done", out), out
     with open(folder / "results.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert sorted(r["cell"] for r in rows) == ["glas-supervised-r10-s0", "glas-supervised-r10-s1"]
