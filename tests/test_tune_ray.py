@@ -153,3 +153,44 @@ def test_existing_study_name_is_refused_and_left_untouched(glas_study):
     with pytest.raises(ConfigError, match="already exists.*resume"):
         driver.search(str(path), storage=str(study_dir.parent))
     assert (study_dir / "optuna.journal").read_bytes() == journal_bytes
+
+
+RAYLET_WARNING_SCRIPT = """
+import os, sys, time
+sys.path.insert(0, sys.argv[1])
+import ray
+if sys.argv[2] == "quiet":
+    from tune.tuner import quiet
+    quiet()
+# one CPU and no IO workers: the raylet warns from 4 worker processes on (4x its CPU count)
+ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
+         _system_config={"max_io_workers": 0})
+
+@ray.remote(num_cpus=0)
+class Waiter:  # as a trial function or Train controller: a process that asks for no CPU
+    def pid(self):
+        return os.getpid()
+
+waiters = [Waiter.remote() for _ in range(6)]
+ray.get([w.pid.remote() for w in waiters])
+time.sleep(3)  # the warning travels raylet -> GCS -> the driver's error listener
+print("END", flush=True)
+ray.shutdown()
+"""
+
+
+@pytest.mark.timeout(300)
+def test_the_raylet_warning_about_zero_cpu_processes_stays_off_a_quiet_console(tmp_path):
+    """Ray's "N PYTHON worker processes have been started" reaches the console as a raylet message,
+    not a log record; a driver that went through ``tuner.quiet`` does not print it. The same
+    script without ``quiet`` shows that this Ray prints it."""
+    script = tmp_path / "warn.py"
+    script.write_text(RAYLET_WARNING_SCRIPT)
+    outputs = {}
+    for mode in ("loud", "quiet"):
+        done = subprocess.run([sys.executable, str(script), str(ROOT), mode], capture_output=True, text=True,
+                              timeout=240)
+        assert done.returncode == 0 and "END" in done.stdout, done.stderr[-2000:]
+        outputs[mode] = done.stdout + done.stderr
+    assert "worker processes have been started" in outputs["loud"], outputs["loud"][-2000:]
+    assert "worker processes have been started" not in outputs["quiet"], outputs["quiet"][-2000:]

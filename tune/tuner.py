@@ -82,12 +82,30 @@ def trial_restarts(resources: Resources) -> int:
     return resources.max_failures * (2 if resources.workers == 1 else 1)
 
 
-class _DropHarmless(logging.Filter):
-    """Ray warns about "N PYTHON worker processes" because trials ask for 0 CPU (by design,
-    see ``trial_function``); the warning is misleading here, so it stays out of the console."""
+HARMLESS = "worker processes have been started"
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "worker processes have been started" not in record.getMessage()
+
+def drop_harmless_raylet_warning() -> None:
+    """Ray warns "N PYTHON worker processes have been started ... fractional CPU requests" once a
+    node holds four times its CPU count in worker processes: here trial functions and Train
+    controllers ask for 0 CPU by design (see ``trial_function``) and each trial brings several
+    processes, so the warning is misleading. It is no log record: the raylet publishes it and the
+    driver's error listener prints it straight to stdout (``ray._private.worker``'s
+    ``print_to_stdstream``, looked up by name on each message), so that is the one place it can be
+    held back. Other messages pass unchanged."""
+    import ray._private.worker as ray_worker
+
+    show = ray_worker.print_to_stdstream
+    if getattr(show, "drops_harmless", False):
+        return
+
+    def print_to_stdstream(data, ignore_prefix: bool):
+        lines = [line for line in data.get("lines", []) if HARMLESS not in line]
+        if lines:
+            show({**data, "lines": lines}, ignore_prefix=ignore_prefix)
+
+    print_to_stdstream.drops_harmless = True
+    ray_worker.print_to_stdstream = print_to_stdstream
 
 
 class NoRestoreAdvice(logging.Filter):
@@ -98,18 +116,18 @@ class NoRestoreAdvice(logging.Filter):
         return "Tuner.restore(" not in record.getMessage()
 
 
-_DROP_HARMLESS, _NO_RESTORE_ADVICE = _DropHarmless(), NoRestoreAdvice()
+_NO_RESTORE_ADVICE = NoRestoreAdvice()
 
 
 def quiet() -> None:
     """Keep the console to the study's own progress lines: no Ray, Tune or Optuna banners, no
-    Tune TensorBoard hint (it names a driver-artifacts folder, not the study's), no advice to
+    Tune TensorBoard hint (it names a driver-artifacts folder, not the study's), no raylet warning
+    about worker processes (``drop_harmless_raylet_warning``), no advice to
     resume with ``Tuner.restore``; ``--verbose`` brings them back."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's classic output, silent at verbose=0
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
-    # the same filter objects each call: a logger keeps one copy of a filter it already has
-    logging.getLogger("ray._private.worker").addFilter(_DROP_HARMLESS)
-    logging.getLogger("ray.tune.tune").addFilter(_NO_RESTORE_ADVICE)
+    drop_harmless_raylet_warning()
+    logging.getLogger("ray.tune.tune").addFilter(_NO_RESTORE_ADVICE)  # one object: a logger keeps one copy
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
