@@ -87,3 +87,45 @@ def test_a_second_invocation_of_one_benchmark_is_refused_before_any_cell_runs(sh
         proc.kill()
         proc.wait()
     assert sorted(p.name for p in (tmp_path / "smoke").iterdir()) == [".lock"]
+
+
+def test_a_study_key_that_cannot_be_made_is_refused_before_the_study_takes_its_name(tmp_path, capsys, monkeypatch):
+    """A read-only HOME (here: the key's folder would lie below a file, which even root cannot
+    write) was an OSError at Tune's first save, after the study folder had taken the name."""
+    from tune import cli as tune_cli
+
+    blocker = tmp_path / "home-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("DIFFSEG_STUDY_KEY", str(blocker / ".config" / "study.key"))
+    tally.attempt(["search", "smoke", "--storage", str(tmp_path / "studies")], capsys,
+                  r"the study key .*study.key cannot be made .*set DIFFSEG_STUDY_KEY", keep=(blocker,),
+                  main=tune_cli.main)
+    assert not (tmp_path / "studies" / "smoke").exists()  # the name stays free
+
+
+def test_a_missing_or_full_ray_temp_folder_is_named_before_ray_starts(tmp_path, monkeypatch):
+    """Ray, given a full TMPDIR, timed out waiting for its gcs_server_port file; the driver now
+    names the folder and its free space before ray.init. A missing folder is tried for real
+    through `tune search` in a process of its own (this session's Ray may be up already); a full
+    disk cannot be made in a test, so there the free-space figure is replaced."""
+    from collections import namedtuple
+
+    from diffseg.config import ConfigError
+    from tune import cluster_checks
+
+    missing = tmp_path / "no-such-tmp"
+    env = os.environ | {"RAY_TMPDIR": str(missing), "DIFFSEG_CACHE": str(tmp_path / "cache")}
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run([sys.executable, "-m", "tune", "search", "smoke", "--storage", str(tmp_path / "studies")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    tally.TALLY["tried"] += 1
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert out.returncode == 2 and "Traceback" not in out.stderr and len(errors) == 1, out.stderr[-2000:]
+    assert f"Ray's temp folder {missing} does not exist; set RAY_TMPDIR" in errors[0]
+    tally.TALLY["clean"] += 1
+    assert not (tmp_path / "studies" / "smoke").exists() and not missing.exists()
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(cluster_checks.shutil, "disk_usage", lambda p: usage(2**30, 2**30 - 5 * 2**20, 5 * 2**20))
+    tally.refused(lambda: cluster_checks.check_temp_space(tmp_path), ConfigError,
+                  rf"Ray's temp folder {re.escape(str(tmp_path))} is full \(5 MiB free, Ray needs about 256 MiB")

@@ -2,6 +2,8 @@
 worker fits on one node, and every node can write the study storage."""
 from __future__ import annotations
 
+import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -9,6 +11,34 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from diffseg.config import ConfigError
+
+
+# what a Ray session's folder needs before its processes start: logs, sockets, port files. With
+# less, Ray fails late and misleadingly ("Timed out waiting for file .../gcs_server_port")
+MIN_TEMP_FREE = 256 * 2**20
+
+
+def ray_temp_root() -> Path:
+    """Where Ray puts its session folders on this machine (Ray's own rule: RAY_TMPDIR, else
+    TMPDIR on Linux, else /tmp)."""
+    from ray._common.utils import get_default_system_temp_dir
+
+    return Path(get_default_system_temp_dir())
+
+
+def check_temp_space(folder: Path | None = None) -> None:
+    """Refuses, naming the folder and its free space, a Ray temp folder that is full, missing or
+    read-only, before Ray is started (it would time out waiting for a port file instead)."""
+    folder = folder or ray_temp_root()
+    fix = "set RAY_TMPDIR (or TMPDIR) to a folder with space"
+    if not folder.is_dir():
+        raise ConfigError(f"Ray's temp folder {folder} does not exist; {fix}")
+    free = shutil.disk_usage(folder).free
+    if free < MIN_TEMP_FREE:
+        raise ConfigError(f"Ray's temp folder {folder} is full ({free / 2**20:.0f} MiB free, Ray needs about "
+                          f"{MIN_TEMP_FREE / 2**20:.0f} MiB for its session); free space there or {fix}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"Ray's temp folder {folder} is not writable; {fix}")
 
 
 def alive_nodes() -> list[dict]:

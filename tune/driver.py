@@ -55,6 +55,7 @@ def search(study_file: str, overrides: list[str] | None = None, name: str | None
                               f"`python -m tune resume {study.name}` or choose another --name")
         say(f"study {study.name}: {study.trials} trials of {len(study.space)} parameters "
             f"({', '.join(p.key for p in study.space)}), {study.searcher} search, scheduler {study.scheduler}")
+        seal.key()  # a key that cannot be made (read-only HOME) is refused now, not at Tune's first save
         say("checking the data (and building its cache once, before any trial starts)")
         prepare(study.base_config().data, progress=True, root=study.data_root, cache_dir=study.cache_dir)
         # the cluster check comes before anything but the lock is written: a refusal takes no name

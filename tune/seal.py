@@ -38,14 +38,21 @@ def key_file() -> Path:
 
 
 def key() -> bytes:
+    """This installation's sealing key, made on first use. A key that cannot be made or read
+    (a read-only HOME, a folder without access) is a one-line error naming it and the way out."""
     path = key_file()
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(secrets.token_bytes(32))
-        os.replace(path.with_suffix(".tmp"), path)
-    data = path.read_bytes()
+    try:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(secrets.token_bytes(32))
+            os.replace(path.with_suffix(".tmp"), path)
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"the study key {path} cannot be {'read' if path.exists() else 'made'} "
+                          f"({e.strerror}); set DIFFSEG_STUDY_KEY to a file in a writable folder "
+                          f"(it is made there, mode 0600)") from None
     if len(data) < 16:
         raise ConfigError(f"study key {path} is too short ({len(data)} bytes); delete it to make a new one")
     return data

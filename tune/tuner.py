@@ -10,7 +10,8 @@ import optuna
 import ray
 import ray.tune
 
-from .cluster_checks import alive_nodes, check_storage, check_worker_fits, free_dead_jobs_placement_groups
+from .cluster_checks import (alive_nodes, check_storage, check_temp_space, check_worker_fits,
+                             free_dead_jobs_placement_groups)
 from .resources import Resources
 from .taken import RecordTaken
 
@@ -22,6 +23,7 @@ def connect(address: str | None, resources: Resources, verbose: bool, storage_ro
     if not verbose:
         quiet()
     if not ray.is_initialized():
+        check_temp_space()  # the driver's own session files go there, also when it joins a cluster
         # without an address, RAY_ADDRESS (set inside `ray job submit`) or a new local instance.
         # The workers' own output (Ray Train's per-report lines, actor warnings) would drown the
         # progress lines; it stays in each trial's train.log and Ray's session logs.
