@@ -91,7 +91,8 @@ def collect(study: Study, study_dir: Path, study_ot=None, problems: list[str] | 
         run = study_dir / "trials" / tid
         results = readable(read_jsonl, study_dir / "tune" / tid / "result.json", problems, [])
         # an epoch a resumed driver was handed again (its predecessor took it but died before
-        # saving) appears twice: one row per epoch, the later one
+        # saving) is logged once since tune/loggers.py; studies made before list it twice: one
+        # row per epoch, the later one
         results = list({r.get("epoch"): r for r in results}.values())
         last = results[-1] if results else {}
         epochs = [r for r in readable(read_jsonl, run / "metrics.jsonl", problems, []) if r.get("stage") == "train"]

@@ -12,6 +12,7 @@ import ray.tune
 
 from .cluster_checks import (alive_nodes, check_storage, check_temp_space, check_worker_fits,
                              free_dead_jobs_placement_groups)
+from .loggers import each_epoch_once
 from .resources import Resources
 from .taken import RecordTaken
 
@@ -62,14 +63,15 @@ def build(trainable, resources: Resources, storage: Path, name: str, callbacks: 
     trial id), at most ``resources.concurrency`` at once, each restarted up to ``max_failures``
     times (a trial whose node was lost resumes from its run folder on the shared storage).
     Run folders are ``<storage>/trials/<trial_name(trial)>``; the driver records in each the
-    epochs Tune has taken (``taken.RecordTaken``)."""
+    epochs Tune has taken (``taken.RecordTaken``); Tune's own files hold each epoch once
+    (``loggers.each_epoch_once``)."""
     name_of = trial_name or (lambda t: t.trial_id)
     # a one-worker trial's process is kept for the next trial (torch imported once per slot)
     tune_config = ray.tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
                                       max_concurrent_trials=resources.concurrency,
                                       reuse_actors=resources.workers == 1,
                                       trial_name_creator=name_of, trial_dirname_creator=name_of)
-    callbacks = [*callbacks, RecordTaken(storage, name_of)]
+    callbacks = [*callbacks, RecordTaken(storage, name_of), *each_epoch_once()]
     run_config = ray.tune.RunConfig(name=name, storage_path=str(storage), callbacks=callbacks, verbose=0,
                                     failure_config=ray.tune.FailureConfig(max_failures=trial_restarts(resources)))
     return ray.tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
