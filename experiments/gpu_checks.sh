@@ -7,7 +7,9 @@
 #      ranks on one device, which is why studies refuse fractional GPUs for several workers),
 #   4. the paper preset on GlaS for a few epochs of each stage per method, to time an epoch and
 #      check the whole run (train, select on val, score test once) on the GPU.
-#   5. (STEPS=benchmark, not in the default) the paper's method and the four baselines at the
+#   5. k runs fused into one network against k separate ones (experiments/fused_bench.py, issue
+#      18 item 5: on 2 CPU cores fusing was slower; fused seed groups wait on this figure),
+#   6. (STEPS=benchmark, not in the default) the paper's method and the four baselines at the
 #      paper's scale on GlaS at 10 %, 3 seeds, under the honest and the authors' protocol
 #      (experiments/benchmarks/gpu_glas.yaml and gpu_glas_authors.yaml), run without Ray in
 #      BENCH_LANES lanes on the one GPU, within BENCH_LIMIT seconds; finished cells are kept in
@@ -18,7 +20,7 @@
 #   OUT=results DATA=/path/to/shared/data bash experiments/gpu_checks.sh [EPOCHS] [LANES...]
 # EPOCHS: epochs per stage, or `paper` for the shipped config's own (200 + 200). Each LANE is a
 # comma-separated list of methods run one after another; lanes run side by side on the one GPU
-# (the small 2D networks leave most of it idle). STEPS picks steps (default: all four).
+# (the small 2D networks leave most of it idle). STEPS picks steps (default: all five).
 set -u
 OUT=${OUT:-gpu-checks}
 DATA=${DATA:-${DIFFSEG_DATA:-../shared/data}}
@@ -26,7 +28,7 @@ PY=${PY:-python3}
 EPOCHS=${1:-3}
 shift || true
 LANES=${*:-diffusion_cps supervised,mean_teacher ua_mt,cps}
-STEPS=${STEPS:-tests bench nccl paper}
+STEPS=${STEPS:-tests bench nccl paper fused}
 LANE_LIMIT=${LANE_LIMIT:-300}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 DIFFSEG_CACHE=${DIFFSEG_CACHE:-/tmp/diffseg-cache}
@@ -105,6 +107,10 @@ for methods in $LANES; do
 done
 wait
 tail -n 4 "$OUT"/lane_*.log
+fi
+if [[ $STEPS == *fused* ]]; then
+step "fused runs against separate runs, one training step"
+timeout 180 $PY -m experiments.fused_bench --device cuda --settings small,mid,paper --k 2,4,8 --output "$OUT/fused_gpu.json"
 fi
 if [[ $STEPS == *benchmark* ]]; then
 for b in gpu_glas gpu_glas_authors; do

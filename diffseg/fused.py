@@ -1,0 +1,146 @@
+"""k U-Nets of one architecture trained as one network (HFTA, Wang et al., MLSys 2021): a
+prototype, measured by ``experiments/fused_bench.py`` before anything uses it (issue 18, item 5).
+
+Run j's tensors are channel block j of each fused tensor: the input is ``[B, k*C, ...]``, every
+convolution has ``groups=k`` (block j of its output sees only block j of its input), BatchNorm
+over ``k*c`` channels keeps per-channel, hence per-run, statistics, and pooling, upsampling and
+activations act per channel. The one place where runs meet in a U-Net, the decoder's
+concatenation of upsampled and skip features, concatenates run by run. The timestep MLP is a
+batched matrix product with one weight matrix per run. Since no parameter is shared, the
+gradient of the sum of the k runs' losses with respect to run j's block is run j's own
+gradient, and an optimizer whose update is elementwise (SGD, momentum, Adam, weight decay)
+steps each run as its own optimizer would. What couples runs and is therefore not allowed with
+fused training: clipping by a global gradient norm, and dropout's random draws (equal in
+distribution, not draw for draw; ``dropout=False`` for an exact comparison)."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from .blocks import CONV, NORM
+from .nets import POOL, UNet, level_widths, resize_to, timestep_embedding
+
+
+def fused_block(k: int, cin: int, cout: int, act, dropout: float, dims: int) -> nn.Sequential:
+    """``blocks.conv_block`` for k runs."""
+    conv, norm = CONV[dims], NORM[dims]
+    layers = [conv(k * cin, k * cout, 3, padding=1, groups=k), norm(k * cout), act()]
+    if dropout > 0:
+        layers.append(nn.Dropout(dropout))
+    layers += [conv(k * cout, k * cout, 3, padding=1, groups=k), norm(k * cout), act()]
+    return nn.Sequential(*layers)
+
+
+def cat_per_run(k: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``torch.cat([a_j, b_j], 1)`` for every run j, as one tensor of k channel blocks."""
+    n, rest = a.shape[0], a.shape[2:]
+    return torch.cat([a.view(n, k, -1, *rest), b.view(n, k, -1, *rest)], dim=2).view(n, -1, *rest)
+
+
+class FusedUNet(nn.Module):
+    """``nets.UNet`` k times over, as one module (see the module's docstring)."""
+
+    def __init__(self, k: int, in_ch: int, out_ch: int, width: int = 64, depth: int = 4,
+                 dropout: bool = True, time_embedding: bool = True, dims: int = 2):
+        super().__init__()
+        self.k, self.dims, self.out_ch = k, dims, out_ch
+        widths = level_widths(width, depth)
+        drops = torch.linspace(0.05, 0.4, depth + 1).tolist() if dropout else [0.0] * (depth + 1)
+        self.inc = fused_block(k, in_ch, widths[0], nn.LeakyReLU, drops[0], dims)
+        if time_embedding:  # per run: Linear(64, 4w), SiLU, Linear(4w, w0), as batched products
+            self.t_w1 = nn.Parameter(torch.empty(k, 64, 4 * width))
+            self.t_b1 = nn.Parameter(torch.zeros(k, 1, 4 * width))
+            self.t_w2 = nn.Parameter(torch.empty(k, 4 * width, widths[0]))
+            self.t_b2 = nn.Parameter(torch.zeros(k, 1, widths[0]))
+            for w in (self.t_w1, self.t_w2):  # as nets.UNet: kaiming over each run's fan-in
+                nn.init.normal_(w, std=math.sqrt(2 / (1 + 0.01 ** 2)) / math.sqrt(w.shape[1]))
+        self.time_embedding = time_embedding
+        self.down = nn.ModuleList(fused_block(k, widths[i], widths[i + 1], nn.LeakyReLU, drops[i + 1], dims)
+                                  for i in range(depth))
+        self.upsample = (nn.ModuleList(nn.ConvTranspose3d(k * widths[i + 1], k * widths[i + 1], 2, stride=2, groups=k)
+                                       for i in reversed(range(depth))) if dims == 3 else None)
+        self.up = nn.ModuleList(fused_block(k, widths[i + 1] + widths[i], widths[i], nn.ReLU, 0.0, dims)
+                                for i in reversed(range(depth)))
+        self.out = CONV[dims](k * widths[0], k * out_ch, 1, groups=k)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        """``x``: ``[B, k*C, ...]``; ``t``: ``[k, B]`` (run j's timesteps in row j). Returns
+        ``[B, k*out_ch, ...]``; ``split`` gives the k outputs."""
+        h = self.inc(x)
+        if self.time_embedding:
+            e = timestep_embedding(t.reshape(-1)).view(self.k, t.shape[1], -1)  # [k, B, 64]
+            e = torch.baddbmm(self.t_b2, F.silu(torch.baddbmm(self.t_b1, e, self.t_w1)), self.t_w2)
+            h = h + e.transpose(0, 1).reshape(h.shape[0], -1, *[1] * self.dims)
+        skips = [h]
+        pool = POOL[self.dims]
+        for block in self.down:
+            h = block(pool(h, 2))
+            skips.append(h)
+        skips.pop()
+        for i, block in enumerate(self.up):
+            skip = skips.pop()
+            if self.upsample is not None:
+                h = self.upsample[i](h)
+            h = resize_to(h, skip)
+            h = block(cat_per_run(self.k, h, skip))
+        return self.out(h)
+
+    def split(self, out: torch.Tensor) -> list[torch.Tensor]:
+        """The k runs' outputs of ``forward``."""
+        return list(out.view(out.shape[0], self.k, self.out_ch, *out.shape[2:]).unbind(1))
+
+    @classmethod
+    def from_nets(cls, nets: list[UNet], in_ch: int, out_ch: int, width: int, depth: int,
+                  dropout: bool, time_embedding: bool) -> "FusedUNet":
+        """The fused network holding ``nets``' weights, buffers included (BatchNorm's running
+        statistics), run j in block j."""
+        fused = cls(len(nets), in_ch, out_ch, width, depth, dropout, time_embedding, nets[0].dims)
+        state = fused.state_dict()
+        separate = [n.state_dict() for n in nets]
+        with torch.no_grad():
+            for name, value in state.items():
+                if name.startswith("t_"):
+                    continue
+                if name.endswith("num_batches_tracked"):
+                    value.copy_(separate[0][name])
+                    continue
+                value.copy_(torch.cat([s[name] for s in separate], dim=0))
+            if time_embedding:
+                fused.t_w1.copy_(torch.stack([n.time[0].weight.T for n in nets]))
+                fused.t_b1.copy_(torch.stack([n.time[0].bias[None] for n in nets]))
+                fused.t_w2.copy_(torch.stack([n.time[2].weight.T for n in nets]))
+                fused.t_b2.copy_(torch.stack([n.time[2].bias[None] for n in nets]))
+        return fused
+
+    def run_tensors(self, j: int) -> dict[str, torch.Tensor]:
+        """Run j's block of every parameter and buffer, under ``nets.UNet``'s names (to compare
+        with, or load into, a separate network: ``UNet.load_state_dict``)."""
+        out = {}
+        for name, value in self.state_dict().items():
+            if name.startswith("t_"):
+                continue
+            if name.endswith("num_batches_tracked"):
+                out[name] = value
+                continue
+            size = value.shape[0] // self.k
+            out[name] = value[j * size:(j + 1) * size]
+        if self.time_embedding:
+            out["time.0.weight"], out["time.0.bias"] = self.t_w1[j].T, self.t_b1[j, 0]
+            out["time.2.weight"], out["time.2.bias"] = self.t_w2[j].T, self.t_b2[j, 0]
+        return out
+
+    def run_grads(self, j: int) -> dict[str, torch.Tensor]:
+        """Run j's block of every gradient, under ``nets.UNet``'s names."""
+        out = {}
+        for name, p in self.named_parameters():
+            if p.grad is None or name.startswith("t_"):
+                continue
+            size = p.shape[0] // self.k
+            out[name] = p.grad[j * size:(j + 1) * size]
+        if self.time_embedding:
+            out["time.0.weight"], out["time.0.bias"] = self.t_w1.grad[j].T, self.t_b1.grad[j, 0]
+            out["time.2.weight"], out["time.2.bias"] = self.t_w2.grad[j].T, self.t_b2.grad[j, 0]
+        return out
