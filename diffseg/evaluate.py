@@ -78,14 +78,17 @@ def at_edge(threshold: float, thresholds: np.ndarray = THRESHOLDS) -> bool:
     return threshold in (float(thresholds[0]), float(thresholds[-1]))
 
 
-def score(probs, gts, fovs, threshold: float, spacings=None, surface: bool = True) -> dict:
+def score(probs, gts, fovs, threshold: float, spacings=None, surface: bool = True, per_image: bool = False) -> dict:
     """Pooled and per-item metrics at ``threshold``; distances in the units of each item's
-    spacing (millimetres for volumes, pixels for images)."""
+    spacing (millimetres for volumes, pixels for images). ``per_image``: also each item's Dice,
+    in order (``dice_per_image``)."""
     metrics = SetMetrics(None, surface)
     for i, (p, g, f) in enumerate(zip(probs, gts, fovs)):
         metrics.add((p > threshold) & f, g & f, spacings[i] if spacings else None)
     out = metrics.result()
     out["threshold"] = threshold
+    if per_image:
+        out["dice_per_image"] = [r["dice"] for r in metrics.per_image]
     return out
 
 

@@ -8,12 +8,13 @@ import json
 
 import torch
 
-from . import checkpoint, evaluate, readout
+from . import checkpoint, durable, evaluate, readout
 from .data import Truth
 from .errors import Diverged
 from .kept import kept_state, load_kept, score_kept
 from .visuals import log_images
 
+KEPT_IMAGES = "kept_images.json"  # the kept model's Dice per image of the selecting split
 PAPER_NOTE = "protocol=paper: checkpoint and threshold were selected on the TEST split (original protocol)"
 
 
@@ -71,18 +72,29 @@ class Selection:
         for name in self.method.predictors:
             probs = self.probabilities(name, "epoch:" + sel)
             thr, _ = evaluate.best_threshold(probs, truth.gts, truth.fovs, self.thresholds)
-            dice = evaluate.score(probs, truth.gts, truth.fovs, thr, surface=False)["dice"]
+            scored = evaluate.score(probs, truth.gts, truth.fovs, thr, surface=False, per_image=True)
+            dice = scored["dice"]
             out[f"{sel}_dice_{name}"], out[f"{sel}_threshold_{name}"] = dice, thr
             if self.best is None or dice > self.best["dice"]:
                 self.best = {"predictor": name, "epoch": epoch + 1, "dice": dice, "split": sel, "threshold": thr}
                 if self.rt.is_main:
                     checkpoint.save(kept_state(self.method, name, self.cfg, self.best, self.data), self.rd.best)
+                    self.write_kept_images(part="epoch:" + sel, dice=scored["dice_per_image"])
         out[f"{sel}_dice"] = self.best["dice"]
         out[f"{sel}_dice_last"] = max(out[f"{sel}_dice_{p}"] for p in self.method.predictors)
         out[f"{sel}_dice_all_foreground"] = truth.trivial()["all_foreground_dice"]  # the floor, beside it
         if writer is not None:
             log_images(writer, self.method, self.data, self.data.dataset(sel), epoch + 1, self.rt.device)
         return out
+
+    def write_kept_images(self, part: str, dice: list[float]) -> None:
+        """The kept model's Dice per selecting image (``KEPT_IMAGES``), rewritten with each new
+        kept model: what a study's paired stopping rule compares trials on (tune/paired.py)."""
+        items = self.items(part)
+        names = list(getattr(self.data.splits, items)) if isinstance(items, str) else list(items)
+        record = {"kept_epoch": self.best["epoch"], "split": self.split, "dice": self.best["dice"],
+                  "images": dict(zip(names, dice)) if len(names) == len(dice) else {}}
+        durable.write_text(self.rd.path / KEPT_IMAGES, json.dumps(record))
 
     def monitor(self, stage) -> dict:
         """A stage without labels shows whether it learns: the validation Dice of its label-free

@@ -28,6 +28,7 @@ from diffseg.data import prepare
 
 from . import report, seal, tuner, warm
 from .jobs import storage_for
+from .paired import PairedStopping
 from .paths import existing_study_dir, journal, study_dir_for
 from .progress import Progress
 from .searcher import StudySearch
@@ -201,6 +202,9 @@ def build_tuner(study: Study, study_dir: Path) -> ray.tune.Tuner:
         scheduler = ASHAScheduler(time_attr="epoch", metric=study.metric, mode=study.mode,
                                   max_t=study.max_epochs, grace_period=study.grace_period,
                                   reduction_factor=study.reduction_factor)
+    elif study.scheduler == "paired":  # trials are named by their id (tuner.build's default)
+        scheduler = PairedStopping(study_dir, lambda t: t.trial_id, study.metric, study.mode, study.alpha,
+                                   study.grace_period, say=tuner.say)
     else:
         scheduler = FIFOScheduler()
     progress = Progress(study.name, study.metric, study.mode, study.max_epochs, study.trials, study.scheduler)

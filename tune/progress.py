@@ -5,6 +5,8 @@ import time
 
 from ray.tune import Callback
 
+STOPPED_BY = {"asha": "ASHA", "paired": "the paired test"}  # the schedulers that stop trials early
+
 
 class Progress(Callback):
     def __init__(self, study_name: str, metric: str, mode: str, max_epochs: int, total: int, scheduler: str = "asha"):
@@ -36,8 +38,8 @@ class Progress(Callback):
         last = trial.last_result or {}
         epoch = last.get("epoch", 0)
         how = (f"DIVERGED at epoch {epoch}: {last.get('diverged_reason', '')}" if last.get("diverged") else
-               "finished" if epoch >= self.max_epochs else f"stopped early by ASHA after epoch {epoch}"
-               if self.scheduler == "asha" else f"ended after epoch {epoch} of {self.max_epochs}")
+               "finished" if epoch >= self.max_epochs else f"stopped early by {STOPPED_BY[self.scheduler]} after epoch {epoch}"
+               if self.scheduler in STOPPED_BY else f"ended after epoch {epoch} of {self.max_epochs}")
         self.say(f"trial {trial.trial_id} {how} ({self.done}/{self.total} trials ended)")
 
     def on_trial_error(self, iteration, trials, trial, **info):

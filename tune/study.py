@@ -36,8 +36,9 @@ class Study:
     trials: int = 8
     searcher: str = "tpe"  # tpe | random
     seed: int = 0
-    scheduler: str = "asha"  # asha | none
+    scheduler: str = "asha"  # asha | paired | none
     grace_period: int = 1
+    alpha: float = 0.05  # the paired scheduler's significance level
     reduction_factor: int = 2
     workers: int = 1
     cpus_per_worker: float = 1.0
@@ -161,9 +162,10 @@ class Searcher:
 
 @dataclass(frozen=True)
 class Scheduler:
-    type: str = spec("asha", choices=("asha", "none"))
-    grace_period: int = spec(1, low=1)  # epochs before ASHA may stop a trial
-    reduction_factor: int = spec(2, low=2)
+    type: str = spec("asha", choices=("asha", "paired", "none"))  # paired: tune/paired.py
+    grace_period: int = spec(1, low=1)  # epochs before the scheduler may stop a trial
+    reduction_factor: int = spec(2, low=2)  # ASHA's
+    alpha: float = spec(0.05, above=0, high=0.5)  # paired's: stop when the one-sided Wilcoxon p is below
 
 
 @dataclass(frozen=True)
@@ -208,6 +210,7 @@ def parse_study(data: dict, overrides=None, source: str = "", data_root: str = "
         second_metric=f.second_objective.metric, second_mode=f.second_objective.mode, trials=f.trials,
         searcher=f.searcher.type, seed=f.searcher.seed, scheduler=f.scheduler.type,
         grace_period=f.scheduler.grace_period, reduction_factor=f.scheduler.reduction_factor,
+        alpha=f.scheduler.alpha,
         workers=f.resources.workers, cpus_per_worker=f.resources.cpus_per_worker,
         gpus_per_worker=f.resources.gpus_per_worker, concurrency=f.concurrency, max_failures=f.max_failures,
         source=source, **_absolute_paths(data_root, cache_dir), enqueue=f.enqueue,
@@ -226,7 +229,11 @@ def parse_study(data: dict, overrides=None, source: str = "", data_root: str = "
         base_point(study)  # refused now when the base values lie outside the space
     if study.second_metric and study.second_metric == study.metric:
         raise ConfigError("second_objective.metric must differ from objective.metric")
-    if study.scheduler == "asha" and study.grace_period > study.max_epochs:
+    if study.scheduler == "paired" and (study.metric != "val_dice" or study.second_metric):
+        raise ConfigError(f"scheduler.type = paired compares the kept models' Dice per validation image, so it "
+                          f"needs the single objective val_dice (this study: {', '.join(study.metrics)}); "
+                          f"use asha or none")
+    if study.scheduler != "none" and study.grace_period > study.max_epochs:
         raise ConfigError(f"scheduler.grace_period = {study.grace_period} exceeds train.epochs = "
                           f"{study.max_epochs}")
     return study
