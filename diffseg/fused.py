@@ -21,7 +21,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from .blocks import CONV, NORM
-from .nets import POOL, UNet, level_widths, resize_to, timestep_embedding
+from .nets import UNet, level_widths, timestep_embedding
 
 
 def fused_block(k: int, cin: int, cout: int, act, dropout: float, dims: int) -> nn.Sequential:
@@ -40,12 +40,13 @@ def cat_per_run(k: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.cat([a.view(n, k, -1, *rest), b.view(n, k, -1, *rest)], dim=2).view(n, -1, *rest)
 
 
-class FusedUNet(nn.Module):
-    """``nets.UNet`` k times over, as one module (see the module's docstring)."""
+class FusedUNet(UNet):
+    """``nets.UNet`` k times over, as one module (see the module's docstring): UNet's forward
+    over grouped layers, with its own timestep embedding and decoder join."""
 
     def __init__(self, k: int, in_ch: int, out_ch: int, width: int = 64, depth: int = 4,
                  dropout: bool = True, time_embedding: bool = True, dims: int = 2):
-        super().__init__()
+        nn.Module.__init__(self)  # UNet's layers are built here, grouped, not by UNet.__init__
         self.k, self.dims, self.out_ch = k, dims, out_ch
         widths = level_widths(width, depth)
         drops = torch.linspace(0.05, 0.4, depth + 1).tolist() if dropout else [0.0] * (depth + 1)
@@ -66,27 +67,18 @@ class FusedUNet(nn.Module):
                                 for i in reversed(range(depth)))
         self.out = CONV[dims](k * widths[0], k * out_ch, 1, groups=k)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
-        """``x``: ``[B, k*C, ...]``; ``t``: ``[k, B]`` (run j's timesteps in row j). Returns
-        ``[B, k*out_ch, ...]``; ``split`` gives the k outputs."""
-        h = self.inc(x)
-        if self.time_embedding:
-            e = timestep_embedding(t.reshape(-1)).view(self.k, t.shape[1], -1)  # [k, B, 64]
-            e = torch.baddbmm(self.t_b2, F.silu(torch.baddbmm(self.t_b1, e, self.t_w1)), self.t_w2)
-            h = h + e.transpose(0, 1).reshape(h.shape[0], -1, *[1] * self.dims)
-        skips = [h]
-        pool = POOL[self.dims]
-        for block in self.down:
-            h = block(pool(h, 2))
-            skips.append(h)
-        skips.pop()
-        for i, block in enumerate(self.up):
-            skip = skips.pop()
-            if self.upsample is not None:
-                h = self.upsample[i](h)
-            h = resize_to(h, skip)
-            h = block(cat_per_run(self.k, h, skip))
-        return self.out(h)
+    # forward is UNet's: the input is [B, k*C, ...], t is [k, B] (run j's timesteps in row j),
+    # and the output [B, k*out_ch, ...] (``split`` gives the k outputs)
+
+    def add_time(self, h: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
+        if not self.time_embedding:
+            return h
+        e = timestep_embedding(t.reshape(-1)).view(self.k, t.shape[1], -1)  # [k, B, 64]
+        e = torch.baddbmm(self.t_b2, F.silu(torch.baddbmm(self.t_b1, e, self.t_w1)), self.t_w2)
+        return h + e.transpose(0, 1).reshape(h.shape[0], -1, *[1] * self.dims)
+
+    def join(self, h: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return cat_per_run(self.k, h, skip)
 
     def split(self, out: torch.Tensor) -> list[torch.Tensor]:
         """The k runs' outputs of ``forward``."""

@@ -69,9 +69,7 @@ class UNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.inc(x)
-        if self.time is not None:
-            h = h + self.time(timestep_embedding(t)).view(*h.shape[:2], *[1] * self.dims)
+        h = self.add_time(self.inc(x), t)
         skips = [h]
         pool = POOL[self.dims]
         for block in self.down:
@@ -83,8 +81,18 @@ class UNet(nn.Module):
             if self.upsample is not None:
                 h = self.upsample[i](h)
             h = resize_to(h, skip)
-            h = block(torch.cat([h, skip], dim=1))
+            h = block(self.join(h, skip))
         return self.out(h)
+
+    def add_time(self, h: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
+        """The first block's features with the timestep embedding added (when there is one)."""
+        if self.time is None:
+            return h
+        return h + self.time(timestep_embedding(t)).view(*h.shape[:2], *[1] * self.dims)
+
+    def join(self, h: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """The decoder's input at a level: upsampled features beside the encoder's skip."""
+        return torch.cat([h, skip], dim=1)
 
 
 def build_segmenter(model_cfg, channels: int, dims: int, classes: int = 2) -> nn.Module:
