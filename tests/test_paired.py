@@ -54,6 +54,8 @@ def test_the_paired_rule_needs_the_single_objective_val_dice(tmp_path):
     with pytest.raises(ConfigError, match="paired compares the kept models' Dice per validation image"):
         parse_study({"config": "debug", "space": {"train.lr": {"float": [0.001, 0.1]}},
                      "objective": {"metric": "pl_cost", "mode": "min"}, "scheduler": {"type": "paired"}})
+    with pytest.raises(ConfigError, match="a searched data.split_seed gives each trial other images"):
+        parse_study({"config": "debug", "space": {"data.split_seed": {"int": [0, 9]}}, "scheduler": {"type": "paired"}})
     with pytest.raises(ConfigError, match="alpha"):
         parse_study({"config": "debug", "space": {"train.lr": {"float": [0.001, 0.1]}},
                      "scheduler": {"type": "paired", "alpha": 0}})

@@ -233,6 +233,9 @@ def parse_study(data: dict, overrides=None, source: str = "", data_root: str = "
         raise ConfigError(f"scheduler.type = paired compares the kept models' Dice per validation image, so it "
                           f"needs the single objective val_dice (this study: {', '.join(study.metrics)}); "
                           f"use asha or none")
+    if study.scheduler == "paired" and any(p.key == "data.split_seed" for p in study.space):
+        raise ConfigError("scheduler.type = paired pairs trials image by image on one validation split; a "
+                          "searched data.split_seed gives each trial other images: use asha, or drop it from the space")
     if study.scheduler != "none" and study.grace_period > study.max_epochs:
         raise ConfigError(f"scheduler.grace_period = {study.grace_period} exceeds train.epochs = "
                           f"{study.max_epochs}")
