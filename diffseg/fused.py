@@ -40,6 +40,10 @@ def cat_per_run(k: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.cat([a.view(n, k, -1, *rest), b.view(n, k, -1, *rest)], dim=2).view(n, -1, *rest)
 
 
+# the timestep MLP's fused parameters and the UNet names of each run's part
+TIME_NAMES = {"t_w1": "time.0.weight", "t_b1": "time.0.bias", "t_w2": "time.2.weight", "t_b2": "time.2.bias"}
+
+
 class FusedUNet(UNet):
     """``nets.UNet`` k times over, as one module (see the module's docstring): UNet's forward
     over grouped layers, with its own timestep embedding and decoder join."""
@@ -94,45 +98,33 @@ class FusedUNet(UNet):
         separate = [n.state_dict() for n in nets]
         with torch.no_grad():
             for name, value in state.items():
-                if name.startswith("t_"):
-                    continue
-                if name.endswith("num_batches_tracked"):
+                if name in TIME_NAMES:
+                    parts = [s[TIME_NAMES[name]] for s in separate]
+                    value.copy_(torch.stack([p.T if name.startswith("t_w") else p[None] for p in parts]))
+                elif name.endswith("num_batches_tracked"):
                     value.copy_(separate[0][name])
-                    continue
-                value.copy_(torch.cat([s[name] for s in separate], dim=0))
-            if time_embedding:
-                fused.t_w1.copy_(torch.stack([n.time[0].weight.T for n in nets]))
-                fused.t_b1.copy_(torch.stack([n.time[0].bias[None] for n in nets]))
-                fused.t_w2.copy_(torch.stack([n.time[2].weight.T for n in nets]))
-                fused.t_b2.copy_(torch.stack([n.time[2].bias[None] for n in nets]))
+                else:
+                    value.copy_(torch.cat([s[name] for s in separate], dim=0))
         return fused
 
     def run_tensors(self, j: int) -> dict[str, torch.Tensor]:
         """Run j's block of every parameter and buffer, under ``nets.UNet``'s names (to compare
         with, or load into, a separate network: ``UNet.load_state_dict``)."""
-        out = {}
-        for name, value in self.state_dict().items():
-            if name.startswith("t_"):
-                continue
-            if name.endswith("num_batches_tracked"):
-                out[name] = value
-                continue
-            size = value.shape[0] // self.k
-            out[name] = value[j * size:(j + 1) * size]
-        if self.time_embedding:
-            out["time.0.weight"], out["time.0.bias"] = self.t_w1[j].T, self.t_b1[j, 0]
-            out["time.2.weight"], out["time.2.bias"] = self.t_w2[j].T, self.t_b2[j, 0]
-        return out
+        return self.run_view(self.state_dict(), j)
 
     def run_grads(self, j: int) -> dict[str, torch.Tensor]:
         """Run j's block of every gradient, under ``nets.UNet``'s names."""
+        return self.run_view({n: p.grad for n, p in self.named_parameters() if p.grad is not None}, j)
+
+    def run_view(self, tensors: dict[str, torch.Tensor], j: int) -> dict[str, torch.Tensor]:
+        """Run j's part of fused tensors named as this module names them, under UNet's names."""
         out = {}
-        for name, p in self.named_parameters():
-            if p.grad is None or name.startswith("t_"):
-                continue
-            size = p.shape[0] // self.k
-            out[name] = p.grad[j * size:(j + 1) * size]
-        if self.time_embedding:
-            out["time.0.weight"], out["time.0.bias"] = self.t_w1.grad[j].T, self.t_b1.grad[j, 0]
-            out["time.2.weight"], out["time.2.bias"] = self.t_w2.grad[j].T, self.t_b2.grad[j, 0]
+        for name, value in tensors.items():
+            if name in TIME_NAMES:  # [k, in, out] weights and [k, 1, out] biases: UNet's Linear layers
+                out[TIME_NAMES[name]] = value[j].T if name.startswith("t_w") else value[j, 0]
+            elif name.endswith("num_batches_tracked"):  # one count, the same for every run
+                out[name] = value
+            else:
+                size = value.shape[0] // self.k
+                out[name] = value[j * size:(j + 1) * size]
         return out

@@ -69,6 +69,7 @@ class Selection:
         """Score every predictor on the selecting split; keep the best so far as best.pt. Metric
         names carry the split they come from (``test_`` under protocol=paper)."""
         sel, out, truth = self.split, {}, self.truth("epoch:" + self.split)
+        kept_images = None  # the new kept model's Dice per image, if this epoch made one
         for name in self.method.predictors:
             probs = self.probabilities(name, "epoch:" + sel)
             thr, _ = evaluate.best_threshold(probs, truth.gts, truth.fovs, self.thresholds)
@@ -77,9 +78,11 @@ class Selection:
             out[f"{sel}_dice_{name}"], out[f"{sel}_threshold_{name}"] = dice, thr
             if self.best is None or dice > self.best["dice"]:
                 self.best = {"predictor": name, "epoch": epoch + 1, "dice": dice, "split": sel, "threshold": thr}
+                kept_images = scored["dice_per_image"]
                 if self.rt.is_main:
                     checkpoint.save(kept_state(self.method, name, self.cfg, self.best, self.data), self.rd.best)
-                    self.write_kept_images(part="epoch:" + sel, dice=scored["dice_per_image"])
+        if kept_images is not None and self.rt.is_main:  # once per epoch, for the model kept last
+            self.write_kept_images("epoch:" + sel, kept_images)
         out[f"{sel}_dice"] = self.best["dice"]
         out[f"{sel}_dice_last"] = max(out[f"{sel}_dice_{p}"] for p in self.method.predictors)
         out[f"{sel}_dice_all_foreground"] = truth.trivial()["all_foreground_dice"]  # the floor, beside it

@@ -11,26 +11,22 @@ its file holds and skip a result of an epoch already there; results without an e
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 from ray.air.constants import EXPR_PROGRESS_FILE, EXPR_RESULT_FILE
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
 
+from diffseg.errors import DiffsegError
+from diffseg.rundir import read_jsonl
+
 
 def epochs_in_results(path: Path) -> set[int]:
-    """Epochs of a ``result.json`` (one JSON object per line; a torn last line is skipped)."""
-    epochs = set()
+    """Epochs of a ``result.json`` (``rundir.read_jsonl``: a torn last line is left out). A
+    file damaged elsewhere counts as holding none: the logger appends as Tune's own would."""
     try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return epochs
-    for line in lines:
-        try:
-            epochs.add(int(json.loads(line)["epoch"]))
-        except (ValueError, KeyError, TypeError):
-            continue
-    return epochs
+        return {int(r["epoch"]) for r in read_jsonl(path) if isinstance(r.get("epoch"), (int, float))}
+    except (OSError, DiffsegError):
+        return set()
 
 
 def epochs_in_progress(path: Path) -> set[int]:
@@ -48,20 +44,23 @@ class EachEpochOnce:
 
     FILE, READ = EXPR_RESULT_FILE, staticmethod(epochs_in_results)
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._logged: dict = {}  # trial -> epochs its file holds
+
     def log_trial_start(self, trial):
         super().log_trial_start(trial)
-        self.__dict__.setdefault("_logged", {})[trial] = self.READ(Path(trial.local_path, self.FILE))
+        self._logged[trial] = self.READ(Path(trial.local_path, self.FILE))
 
     def log_trial_result(self, iteration, trial, result):
-        logged = self.__dict__.setdefault("_logged", {})
-        if trial not in logged:
+        if trial not in self._logged:
             self.log_trial_start(trial)  # what Tune's loggers do for a result before a start
         epoch = result.get("epoch")
-        if isinstance(epoch, (int, float)) and int(epoch) in logged[trial]:
+        if isinstance(epoch, (int, float)) and int(epoch) in self._logged[trial]:
             return
         super().log_trial_result(iteration, trial, result)
         if isinstance(epoch, (int, float)):
-            logged[trial].add(int(epoch))
+            self._logged[trial].add(int(epoch))
 
 
 class JsonOnce(EachEpochOnce, JsonLoggerCallback):
