@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from diffseg.cli import refuse_existing
+from diffseg.errors import DiffsegError
 from diffseg.fused import FusedUNet
 from diffseg.nets import UNet
 
@@ -77,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k", default="2,4", help="runs per group, comma-separated")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--output", default="", help="also write the figures to this JSON file (a new file)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     args = p.parse_args(argv)
     settings = args.settings.split(",")
     unknown = [s for s in settings if s not in SETTINGS]
@@ -84,8 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --settings: unknown {', '.join(unknown)}; choose from {', '.join(SETTINGS)}", file=sys.stderr)
         return 2
     out = Path(args.output) if args.output else None
-    if out is not None and out.exists():
-        print(f"error: {out} exists; choose another --output", file=sys.stderr)
+    try:
+        if out is not None:
+            refuse_existing(out, args.overwrite)  # before measuring, not after
+    except DiffsegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     device = torch.device(args.device)
     rows = []

@@ -33,7 +33,9 @@ from pathlib import Path
 
 import yaml
 
+from diffseg.cli import check_folders
 from diffseg.config import ConfigError
+from diffseg.errors import DiffsegError
 from experiments.presets import PRESETS
 
 SPACE = {
@@ -66,15 +68,28 @@ def study_file(folder: Path, arm: str, repeat: int, trials: int, dataset: str, p
     return path
 
 
-def run_study(path: Path, storage: Path, data_root: str) -> Path:
+def finished(study_dir: Path, trials: int) -> bool:
+    """Whether every trial of the study ended (an interrupted study has its report too)."""
+    import optuna
+
+    from tune.driver import ended_trials
+    from tune.paths import journal
+
+    if not (study_dir / "report.md").exists():
+        return False
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return ended_trials(optuna.load_study(study_name=study_dir.name, storage=journal(study_dir))) >= trials
+
+
+def run_study(path: Path, storage: Path, data_root: str, trials: int) -> Path:
     """One study in its own ``python -m tune`` process, as a user runs it (each with its own Ray
     instance); a finished one is read, an interrupted one resumed."""
     import subprocess
 
     name = path.stem
     study_dir = storage / name
-    if (study_dir / "trials.csv").exists() and (study_dir / "report.md").exists():
-        return study_dir  # finished before: read it
+    if finished(study_dir, trials):
+        return study_dir
     command = (["resume", name] if study_dir.exists() else
                ["search", str(path)] + (["--data-root", data_root] if data_root else []))
     done = subprocess.run([sys.executable, "-m", "tune", *command, "--storage", str(storage)])
@@ -185,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         shared = len(SPACE["diffusion_cps.diffusion.steps"]["choice"]) * stage1
         random_trials = max(2, (args.budget - shared) // stage2)
         out = Path(args.output)
+        check_folders(out, "--output", out)
+        if out.is_dir() and any(out.iterdir()) and not (out / "studies").is_dir():
+            raise ConfigError(f"--output {out} holds files this script did not make; name a new or empty "
+                              f"folder (or one an earlier run of it made, to continue)")
         storage = out / "storage"
         print(f"[efficiency] a full trial costs {full} iterations ({stage1} of stage 1); budget {args.budget}: "
               f"{random_trials} random trials, {2 * random_trials} TPE+ASHA trials (cut at the budget), "
@@ -193,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(args.repeats):
             for arm, trials in (("tpe_asha", 2 * random_trials), ("random", random_trials)):
                 path = study_file(out, arm, r, trials, args.dataset, args.preset, args.ratio)
-                study_dir = run_study(path, storage, args.data_root)
+                study_dir = run_study(path, storage, args.data_root, trials)
                 curves[arm].append(curve(study_dir))
                 print(f"[efficiency] {arm} repeat {r}: best {curves[arm][-1][-1][1]:.4f} after "
                       f"{curves[arm][-1][-1][0]} iterations", flush=True)
@@ -206,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
               f"[efficiency] TPE+ASHA's mean never reaches random search's final best within the budget")
         print(f"[efficiency] {out / 'efficiency.png'}, {out / 'curves.json'}")
         return 0
-    except ConfigError as exc:
+    except DiffsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

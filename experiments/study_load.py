@@ -27,6 +27,9 @@ from pathlib import Path
 
 import yaml
 
+from diffseg.cli import check_folders, refuse_existing
+from diffseg.errors import DiffsegError
+
 TINY = {"method": "supervised", "data.size": 32, "data.synthetic_count": 16, "model.width": 4, "model.depth": 2,
         "train.epochs": 1, "train.iters_per_epoch": 1, "train.batch_size": 4, "eval.max_items": 4}
 
@@ -107,11 +110,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=300)
     p.add_argument("--concurrency", type=int, default=2)
     p.add_argument("--output", default="", help="also write the figures to this JSON file (a new file)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     p.add_argument("--keep", default="", help="study storage to keep (default: a temporary folder, removed)")
     args = p.parse_args(argv)
     out = Path(args.output) if args.output else None
-    if out is not None and out.exists():
-        print(f"error: {out} exists; choose another --output", file=sys.stderr)
+    try:  # before minutes of measuring, not after
+        if out is not None:
+            refuse_existing(out, args.overwrite)
+        if args.keep:
+            check_folders(Path(args.keep), "--keep", Path(args.keep))
+            if Path(args.keep).exists():
+                raise DiffsegError(f"--keep {args.keep} exists; name a new folder (the study is made there)")
+    except DiffsegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.keep:
         Path(args.keep).mkdir(parents=True, exist_ok=False)
