@@ -12,27 +12,14 @@ from pathlib import Path
 
 import yaml
 
+from diffseg.intervals import mean_ci
+
 PAPER = "diffusion_cps"
 COLUMNS = ["dataset", "ratio", "seed", "method", "base_method", "cell", "kept", "test_dice", "test_jaccard", "test_dice_mean",
            "test_hd95_mean", "test_asd_mean", "test_all_foreground_dice", "val_dice", "val_jaccard", "wall_s",
            "peak_memory_mb", "pl_cost", "device", "resolution", "protocol", "run_dir"]
 METRICS = (("test_dice", "Dice", "max"), ("test_jaccard", "Jaccard", "max"), ("test_hd95_mean", "HD95", "min"),
            ("test_asd_mean", "ASD", "min"))
-
-
-def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float]:
-    """Mean and the half-width of its Student-t confidence interval (nan for one value)."""
-    from scipy import stats
-
-    vals = [v for v in values if v is not None and math.isfinite(v)]
-    n = len(vals)
-    if n == 0:
-        return math.nan, math.nan
-    mean = sum(vals) / n
-    if n < 2:
-        return mean, math.nan
-    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
-    return mean, float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
 
 
 # a cell's folder: dataset-variant-rNN-sS (experiments.benchmark.Cell.name; a variant has no '-')
@@ -157,6 +144,13 @@ def markdown(bench: dict, rows: list[dict], plots: dict) -> str:
 def tuned_caveat(bench: dict) -> list[str]:
     """``tuned:`` gives the paper's method a study's best config and the baselines their defaults:
     the table says so, as its paired verdicts then compare a tuned method with untuned ones."""
+    if bench.get("tune"):
+        section, rows = bench["tune"], sorted(bench.get("tuned_rows") or {})
+        return [f"**Every method tuned alike.** Each row ran its own study of {section['trials']} trials before its "
+                f"cells (study file `{section['study']}`, the row's own space, tuning seed "
+                f"{section['seed'] if section['seed'] >= 0 else max(bench['seeds']) + 1}, never a final seed); its "
+                f"cells run the study's best config. Tuned rows: {', '.join(rows) or 'none yet'}; the studies are in "
+                f"`studies/<row>/` (report.md each).", ""]
     tuned = bench.get("tuned") or {}
     if not tuned:
         return []

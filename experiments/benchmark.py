@@ -11,6 +11,7 @@ stage 1 of the paper's method is pretrained once per stage-1 key and shared.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
 from dataclasses import dataclass, field
@@ -23,7 +24,9 @@ from diffseg.config import ConfigError
 from diffseg.durable import FolderLock
 from diffseg.errors import DiffsegError
 from diffseg.schema import spec
+from experiments import tuned as tuned_mod
 from experiments.presets import PRESETS, preset_for
+from experiments.tuned import TuneSection
 from tune.resources import Resources, WorkerSection
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,24 +75,39 @@ class Benchmark:
     exclude: tuple = ()  # group names (dataset-variant-rNN) not run
     reference: dict = field(default_factory=dict)  # group name -> {dice, source, protocol}
     set: dict = field(default_factory=dict)  # dotted overrides of every cell, after the preset
+    tune: dict = field(default_factory=dict)  # the tune: section (experiments/tuned.py); empty: none
+    tuned_rows: dict = field(default_factory=dict)  # row (dataset-variant-rNN) -> its study's best.yaml
 
-    def cells(self, available: set[str] | None = None) -> list[Cell]:
+    def rows(self, available: set[str] | None = None, tuning_seed: int = 0) -> dict[str, dict]:
+        """Each row's config on ``tuning_seed``: the base config of the row's study under ``tune:``."""
+        return {group_name(c.dataset, c.method, c.ratio): c.config
+                for c in self.cells(available, seeds=(tuning_seed,), named_by_row=True)}
+
+    def cells(self, available: set[str] | None = None, seeds: tuple | None = None,
+              named_by_row: bool = False) -> list[Cell]:
         out = []
         for dataset, base in self.datasets.items():
             if available is not None and dataset not in available:
                 continue
             for ratio in self.ratios:
-                for seed in self.seeds:
+                for seed in (self.seeds if seeds is None else seeds):
                     for name in self.methods:
                         v = self.variants.get(name) or Variant(name, name)
-                        if group_name(dataset, name, ratio) in self.exclude:
+                        row = group_name(dataset, name, ratio)
+                        if row in self.exclude:
+                            continue
+                        cell = Cell(dataset, ratio, seed, name, {})
+                        title = row if named_by_row else cell.name
+                        if row in self.tuned_rows:  # the row study's best config, on this seed
+                            from .tuned import cell_config
+
+                            out.append(Cell(dataset, ratio, seed, name, cell_config(self.tuned_rows[row], seed, title)))
                             continue
                         base_file = self.tuned.get(dataset, base) if v.method == "diffusion_cps" else base
-                        cell = Cell(dataset, ratio, seed, name, {})
                         try:
                             cfg = config_mod.load(base_file, preset_for(self.preset, dataset) | self.set | v.set | {
                                 "method": v.method, "data.labeled_ratio": ratio, "data.labeled_count": 0,
-                                "seed": seed, "data.split_seed": seed, "name": cell.name})
+                                "seed": seed, "data.split_seed": seed, "name": title})
                         except ConfigError as exc:
                             raise ConfigError(f"cell {cell.name}: {exc}") from None
                         out.append(Cell(dataset, ratio, seed, name, config_mod.to_dict(cfg)))
@@ -127,6 +145,8 @@ class BenchmarkFile:
     # protocol: ...}
     reference: dict = field(default_factory=dict)
     tuned: dict = field(default_factory=dict)  # dataset -> a finished study's best.yaml
+    # every row tuned by a study of its own, the same budget for each (experiments/tuned.py)
+    tune: TuneSection = field(default_factory=TuneSection)
     resources: WorkerSection = field(default_factory=WorkerSection)
     concurrency: int = spec(1, low=1)
     max_failures: int = spec(1, low=0)
@@ -150,12 +170,17 @@ def parse(data: dict, preset: str | None = None, source: str = "") -> Benchmark:
     if len(variants) != len(f.methods or METHODS):
         raise ConfigError(f"'methods' names a row twice: {[variant(e).name for e in f.methods]}")
     methods = tuple(variants)
+    if f.tune.study and f.tuned:
+        raise ConfigError("give either 'tune' (every method tuned by its own study) or 'tuned' (one study's "
+                          "best config for the paper's method), not both")
     for dataset, best in f.tuned.items():
         if dataset not in f.datasets:
             raise ConfigError(f"tuned: '{dataset}' is not a dataset of this benchmark")
         if not Path(best).is_file():
             raise ConfigError(f"tuned: {dataset}'s config {best} not found (a finished study's best.yaml)")
-        check_tuning_seeds(dataset, best, f.seeds)
+        tuned_mod.check_tuning_seeds(dataset, best, f.seeds)
+    if f.tune.study:
+        tuned_mod.check(f.tune, f.seeds, {n: variants[n].method for n in methods})
     groups = {group_name(d, m, r) for d in f.datasets for m in methods for r in f.ratios}
     for key in f.exclude:
         if key not in groups:
@@ -164,25 +189,13 @@ def parse(data: dict, preset: str | None = None, source: str = "") -> Benchmark:
     bench = Benchmark(check_name(str(f.name or Path(source).stem)), dict(f.datasets), f.ratios, f.seeds, methods,
                       f.preset, dict(f.tuned), f.resources.with_trials(f.concurrency, f.max_failures), source,
                       {n: v for n, v in variants.items() if v.set or v.method != n}, tuple(f.exclude), reference,
-                      dict(f.set))
+                      dict(f.set), dataclasses.asdict(f.tune) if f.tune.study else {})
     names = [c.name for c in bench.cells()]  # every cell's config is checked now, before anything runs
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:  # one folder for two cells: one of them would silently never run
         raise ConfigError(f"two cells share the name {twice[0]}: ratios {list(f.ratios)} and seeds {list(f.seeds)} "
                           f"must differ in whole percent and in value")
     return bench
-
-
-def check_tuning_seeds(dataset: str, best: str, seeds: tuple) -> None:
-    """A tuned config is scored on seeds its study never saw: the study chose it on its trials'
-    seed (model initialisation and splits), so scoring that seed again rewards the search's luck."""
-    tuned = config_mod.load(best)
-    shared = sorted({tuned.seed, tuned.data.split_seed} & set(seeds))
-    if shared:
-        start = max(tuned.seed, tuned.data.split_seed) + 1
-        raise ConfigError(f"tuned: {dataset}'s {best} was tuned with seed {tuned.seed} and data.split_seed "
-                          f"{tuned.data.split_seed}, and this benchmark scores seed(s) {shared} again; final seeds "
-                          f"must be ones the study never saw, e.g. seeds: {list(range(start, start + len(seeds)))}")
 
 
 def variant(entry) -> Variant:
@@ -232,8 +245,6 @@ def run(file: str, preset: str | None = None, name: str | None = None, storage: 
     later run of the same benchmark."""
     import fnmatch
 
-    import dataclasses
-
     from . import bench_report
 
     bench = load(file, preset)
@@ -250,6 +261,8 @@ def run(file: str, preset: str | None = None, name: str | None = None, storage: 
             if not any(fnmatch.fnmatchcase(c.name, pattern) for c in cells):
                 raise ConfigError(f"--only {pattern!r} matches no cell; cells are named like {cells[0].name}")
         cells = [c for c in cells if any(fnmatch.fnmatchcase(c.name, p) for p in only)]
+    if bench.tune and local:
+        raise ConfigError("tune: the row studies run through Ray Tune, so a tuned benchmark cannot run with --local")
     bench_dir = (Path(storage or DEFAULT_STORAGE) / bench.name).resolve()
     done = [c for c in cells if (bench_dir / "trials" / c.name / "summary.json").exists()]
     pending = [c for c in cells if c not in done]
@@ -261,6 +274,8 @@ def run(file: str, preset: str | None = None, name: str | None = None, storage: 
     if not local:
         from tune import grid
     with FolderLock(bench_dir, "benchmark folder"):  # a second invocation on it is refused, naming this one
+        if bench.tune:
+            bench, pending = tuned_mod.tune_rows(bench, found, pending, bench_dir, address, data_root, log)
         (bench_dir / "benchmark.yaml").write_text(yaml.safe_dump(dataclasses.asdict(bench), sort_keys=False))
         if pending and local:
             from .local import run_cells

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import yaml
 
+from diffseg.intervals import mean_ci
+
 from . import bench_report
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "reproduce"
@@ -34,7 +36,7 @@ def groups(rows: list[dict]) -> dict[str, dict[int, float]]:
 
 
 def fmt(values: list[float], level: float) -> str:
-    mean, half = bench_report.mean_ci(values, level)
+    mean, half = mean_ci(values, level)
     if not math.isfinite(mean):
         return "-"
     return f"{mean:.2f} ± {half:.2f}" if math.isfinite(half) else f"{mean:.2f}"
@@ -48,8 +50,8 @@ def table(reference: dict, authors: dict, honest: dict, wall: dict) -> tuple[str
     for key in sorted(set(reference) | set(authors) | set(honest)):
         ref = reference.get(key, {}).get("dice")
         a, h = authors.get(key, {}), honest.get(key, {})
-        a_mean, a90 = bench_report.mean_ci(list(a.values()), 0.90)
-        _, a95 = bench_report.mean_ci(list(a.values()), 0.95)
+        a_mean, a90 = mean_ci(list(a.values()), 0.90)
+        _, a95 = mean_ci(list(a.values()), 0.95)
         paired = [a[s] - h[s] for s in sorted(set(a) & set(h))]
         diff = f"{a_mean - ref:+.2f}" if ref is not None and math.isfinite(a_mean) else "-"
         half = lambda v: f"{v:.2f}" if math.isfinite(v) else "-"  # noqa: E731

@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("diffseg", "tune", "experiments")
 # the core's layers, bottom first: a module may import its own layer and the ones below
 LAYERS = [
-    {"errors", "schema", "durable", "config", "blocks", "nets", "fused", "timm_unet", "xnet_unet", "diffusion", "losses", "metrics",
+    {"errors", "schema", "durable", "config", "intervals", "blocks", "nets", "fused", "timm_unet", "xnet_unet", "diffusion",
+     "losses", "metrics",
      "checkpoint", "runtime"},
     {"data"},
     {"methods"},

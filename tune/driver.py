@@ -60,7 +60,7 @@ def search(study_file: str, overrides: list[str] | None = None, name: str | None
         say("checking the data (and building its cache once, before any trial starts)")
         prepare(study.base_config().data, progress=True, root=study.data_root, cache_dir=study.cache_dir)
         # the cluster check comes before anything but the lock is written: a refusal takes no name
-        tuner.connect(address, study.resources, verbose, study_dir.parent)
+        tuner.connect(address, study.resources, verbose, study_dir.parent, study.seeds)
         other_dir = warm_source(study, study_dir)
         durable.write_text(study_dir / "study.yaml", study.to_yaml())  # whole or absent, even if killed
         for line in warm.seed_journal(study, journal(study_dir), journal(other_dir) if other_dir else None):
@@ -98,7 +98,7 @@ def _resume(name: str, study_dir: Path, address: str | None, verbose: bool, trus
     study = study_from_yaml((study_dir / "study.yaml").read_text(), study_dir / "study.yaml")
     # before anything is unpickled: the state is the one this installation sealed (tune/seal.py)
     trials_saved = seal.verify(study_dir, trust, say)
-    tuner.connect(address, study.resources, verbose, study_dir.parent)
+    tuner.connect(address, study.resources, verbose, study_dir.parent, study.seeds)
     if not trials_saved or not ray.tune.Tuner.can_restore(str(study_dir / "tune")):
         # the driver was killed before Tune first saved its state (it saves a few seconds in):
         # no Tune trial can have got far, so the study starts over under its name; parameters
@@ -182,7 +182,7 @@ def close_lost_trials(ot: optuna.Study) -> None:
 
 
 def trainable(study: Study, study_dir: Path):
-    return tuner.trial_function(run_trial, study.resources, study=study, study_dir=str(study_dir))
+    return tuner.trial_function(run_trial, study.resources, seeds=study.seeds, study=study, study_dir=str(study_dir))
 
 
 def searcher(study: Study, study_dir: Path) -> StudySearch:

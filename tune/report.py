@@ -111,6 +111,9 @@ def collect(study: Study, study_dir: Path, study_ot=None, problems: list[str] | 
             "trial_id": tid, "number": getattr(trial, "number", ""), "state": state,
             "reason": summary.get("reason", ""),
             "params": params, "metrics": {m: last.get(m) for m in study.metrics},
+            # a seed group's spread (tune/group.py): each objective's 95 % half-width and its seeds' values
+            "ci95": {m: last.get(f"{m}_ci95") for m in study.metrics},
+            "per_seed": {m: last.get(f"{m}_seeds") for m in study.metrics},
             "test_dice": (summary.get("test") or {}).get("dice"),
             # the trivial floors of the selection split (from Tune's results) and of the test split
             "sel_floor": last.get(_split(study) + "_dice_all_foreground"),
@@ -149,23 +152,35 @@ def best_row(study: Study, rows: list[dict]) -> dict | None:
 # ---------------------------------------------------------------------- writing
 def write_csv(study: Study, rows: list[dict], path: Path) -> None:
     keys = [p.key for p in study.space]
-    head = ["trial_id", "number", "state"] + keys + study.metrics + ["test_dice", "epochs", "wall_s",
-                                                                      "stage1", "attempts"]
+    spread = [f"{m}_{what}" for m in study.metrics for what in ("ci95", "seeds")] if study.seeds > 1 else []
+    head = ["trial_id", "number", "state"] + keys + study.metrics + spread + ["test_dice", "epochs", "wall_s",
+                                                                               "stage1", "attempts"]
     with open(path, "w", newline="") as fh:
         out = csv.writer(fh)
         out.writerow(head)
         for r in rows:
             out.writerow([r["trial_id"], r["number"], r["state"]] + [r["params"].get(k, "") for k in keys]
                          + [r["metrics"].get(m) for m in study.metrics]
+                         + ([v for m in study.metrics for v in (r["ci95"].get(m), json.dumps(r["per_seed"].get(m)))]
+                            if spread else [])
                          + [r["test_dice"], r["epochs"], r["wall_s"], r["stage1"], r["attempts"]])
+
+
+def tuned_seeds(study: Study) -> set[int]:
+    """Every ``seed`` and ``data.split_seed`` value the study's trials trained with."""
+    from .group import tuning_seeds
+
+    return tuning_seeds(study.base_config(), study.seeds)
 
 
 def write_best(study: Study, best: dict, study_dir: Path) -> None:
     cfg = yaml.safe_load(best["config"].read_text())
     cfg["name"] = f"{study.name}-best"
     value = best["metrics"][study.metric]
-    head = (f"# Best trial {best['trial_id']} of study {study.name}: {study.metric} = {value:.4f}\n"
+    spread = f" ± {best['ci95'][study.metric]:.4f} (95 %, {study.seeds} seeds)" if _num(best["ci95"].get(study.metric)) else ""
+    head = (f"# Best trial {best['trial_id']} of study {study.name}: {study.metric} = {value:.4f}{spread}\n"
             f"# Searched: {json.dumps(best['params'])}\n"
+            f"# Tuning seeds (seed and data.split_seed values its trials trained with): {sorted(tuned_seeds(study))}\n"
             f"# Run it: python -m diffseg train --config {study_dir / 'best.yaml'}\n")
     (study_dir / "best.yaml").write_text(head + yaml.safe_dump(cfg, sort_keys=False))
 
@@ -200,6 +215,12 @@ def markdown(study: Study, rows: list[dict], best: dict | None, plots: dict, stu
              + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())),
              f"- stage-1 pretrainings: {ran} run, {reused} reused from the study's shared pretrained networks",
              data_line(study)]
+    if study.seeds > 1:
+        cfg = study.base_config()
+        lines.append(f"- seeds: each trial trained its configuration {study.seeds} times (seed {cfg.seed}+i, "
+                     f"data.split_seed {cfg.data.split_seed}+i, i < {study.seeds}); the objective is their mean, "
+                     f"shown ± the half-width of its 95 % Student-t interval; test Dice is the seeds' mean. Tuning "
+                     f"seeds: {sorted(tuned_seeds(study))}; score best.yaml on others")
     if study.enqueue or study.warm_start:
         lines.append("- warm start: " + "; ".join(
             (["the first trial ran the base config's own values"] if study.enqueue == "base" else [])
@@ -260,7 +281,8 @@ def _table(study: Study, rows: list[dict]) -> list[str]:
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["trial_id"], r["state"].lower()] + [_fmt(r["params"].get(k, "-")) for k in keys]
-        cells += [_fmt(r["metrics"].get(m)) for m in study.metrics]
+        cells += [_fmt(r["metrics"].get(m)) + (f" ± {_fmt(r['ci95'][m])}" if _num(r["ci95"].get(m)) else "")
+                  for m in study.metrics]
         cells += [_fmt(r["test_dice"]), str(r["epochs"]), _fmt(r["wall_s"]), r["stage1"] or "-"]
         below = below_floor(study, r)
         cells.append("**no** (" + ", ".join(below) + ")" if below else

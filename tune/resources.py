@@ -47,3 +47,4 @@ class TrialSetup:
     # where the trials find the data and the cache: not part of the config (see diffseg.config.MOVED)
     data_root: str = ""
     cache_dir: str = ""
+    seeds: int = 1  # a trial trains its configuration with this many seeds (tune/group.py)

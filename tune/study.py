@@ -51,6 +51,7 @@ class Study:
     cache_dir: str = ""
     enqueue: str = ""  # "base": the first trial runs the base config's own values (tune/warm.py)
     warm_start: str = ""  # another study (a name in the same storage) whose finished trials TPE starts from
+    seeds: int = 1  # each trial trains its configuration with this many seeds and reports their mean (tune/group.py)
 
     @property
     def metrics(self) -> list[str]:
@@ -66,7 +67,8 @@ class Study:
 
     def setup(self) -> TrialSetup:
         """What each trial runs with (the benchmark grid builds the same for its cells)."""
-        return TrialSetup(self.resources, dict(zip(self.metrics, self.modes)), self.data_root, self.cache_dir)
+        return TrialSetup(self.resources, dict(zip(self.metrics, self.modes)), self.data_root, self.cache_dir,
+                          self.seeds)
 
     @property
     def max_epochs(self) -> int:
@@ -178,6 +180,9 @@ class StudyFile:
     datasets: dict = field(default_factory=dict)
     set: dict = field(default_factory=dict)  # changes to the base config, dotted keys
     space: dict = field(default_factory=dict)  # dotted config key -> range (tune/space.py)
+    # per-method spaces, added to ``space`` for a base config of that method: {METHOD: {space:
+    # {...}}}; what a benchmark's ``tune:`` gives each method (its own study, its own keys)
+    methods: dict = field(default_factory=dict)
     objective: Objective = field(default_factory=Objective)
     second_objective: SecondObjective = field(default_factory=SecondObjective)
     trials: int = spec(8, low=1)
@@ -190,6 +195,9 @@ class StudyFile:
     # paper's method, with the paper's config: the paper's settings), before the searcher draws
     enqueue: str = spec("", choices=("", "base"))
     warm_start: str = ""  # a finished study in the same storage: its trials inform the searcher first
+    # seeds per trial: each trial trains its configuration with seed + i and data.split_seed + i
+    # (i < seeds) side by side, and the searcher and the scheduler see the mean (tune/group.py)
+    seeds: int = spec(1, low=1, high=16)
 
 
 def parse_study(data: dict, overrides=None, source: str = "", data_root: str = "", cache_dir: str = "",
@@ -202,7 +210,7 @@ def parse_study(data: dict, overrides=None, source: str = "", data_root: str = "
     cfg = config_mod.load(base, f.set)
     if overrides:
         cfg = config_mod.apply_overrides(cfg, overrides)
-    space = parse_space(data.get("space"), cfg)
+    space = parse_space(method_space(data.get("space"), f.methods, cfg.method), cfg)
     f.resources.with_trials(f.concurrency, f.max_failures)  # checked
     study = Study(
         name=check_name(name), base=base,
@@ -214,7 +222,7 @@ def parse_study(data: dict, overrides=None, source: str = "", data_root: str = "
         workers=f.resources.workers, cpus_per_worker=f.resources.cpus_per_worker,
         gpus_per_worker=f.resources.gpus_per_worker, concurrency=f.concurrency, max_failures=f.max_failures,
         source=source, **_absolute_paths(data_root, cache_dir), enqueue=f.enqueue,
-        warm_start=check_name(f.warm_start) if f.warm_start else "")
+        warm_start=check_name(f.warm_start) if f.warm_start else "", seeds=f.seeds)
     for m in study.metrics:
         if not reported(m, cfg):
             raise ConfigError(f"objective metric '{m}' is not one a trial reports; use val_dice (the kept "
@@ -236,10 +244,44 @@ def parse_study(data: dict, overrides=None, source: str = "", data_root: str = "
     if study.scheduler == "paired" and any(p.key == "data.split_seed" for p in study.space):
         raise ConfigError("scheduler.type = paired pairs trials image by image on one validation split; a "
                           "searched data.split_seed gives each trial other images: use asha, or drop it from the space")
+    if study.seeds > 1:
+        check_seed_group(study)
     if study.scheduler != "none" and study.grace_period > study.max_epochs:
         raise ConfigError(f"scheduler.grace_period = {study.grace_period} exceeds train.epochs = "
                           f"{study.max_epochs}")
     return study
+
+
+def method_space(space: dict | None, methods: dict, method: str) -> dict | None:
+    """The study's space for a base config of ``method``: the common ``space`` and the
+    ``methods`` section's entry for it (its keys win)."""
+    from diffseg.methods import METHODS
+
+    for name, entry in methods.items():
+        if name not in METHODS:
+            raise ConfigError(f"methods: '{name}' is not a method ({', '.join(METHODS)})")
+        if not isinstance(entry, dict) or set(entry) - {"space"}:
+            raise ConfigError(f"methods.{name} must be a mapping with one key, space (got {entry!r})")
+    own = (methods.get(method) or {}).get("space") or {}
+    if not isinstance(own, dict):
+        raise ConfigError(f"methods.{method}.space must map dotted config keys to ranges")
+    return {**(space or {}), **own} if space or own else space
+
+
+def check_seed_group(study: Study) -> None:
+    """What a study of ``seeds`` > 1 cannot do, refused with the way out."""
+    from .group import SEED_KEYS
+
+    searched = [p.key for p in study.space if p.key in SEED_KEYS]
+    if searched:
+        raise ConfigError(f"seeds = {study.seeds}: the space searches {', '.join(searched)}, which each seed of a "
+                          f"group sets itself (seed + i, data.split_seed + i); drop it from the space")
+    if study.scheduler == "paired":
+        raise ConfigError(f"seeds = {study.seeds} with scheduler.type = paired: the seeds of a group validate on "
+                          f"different images, so trials cannot be paired image by image; use asha or none")
+    if study.workers > 1:
+        raise ConfigError(f"seeds = {study.seeds} with resources.workers = {study.workers}: each seed of a group "
+                          f"trains as a one-worker run; set workers: 1 (the seeds already run side by side)")
 
 
 def _base_and_name(f: StudyFile, base_given: bool, name: str, dataset: str | None) -> tuple[str, str]:

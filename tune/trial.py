@@ -34,7 +34,8 @@ from .paths import REPORTS, STARTS
 from .resources import TrialSetup
 from .study import Study
 from .taken import last_taken
-from .worker import ACK_FILE, STOP, logger, record_report, train_loop, trial_device, work
+from . import group
+from .worker import ACK_FILE, STOP, logger, record_report, run_member, train_loop, trial_device, work
 
 
 class ForwardReports(UserCallback):
@@ -73,6 +74,9 @@ def run_config(cfg, name: str, params: dict, setup: TrialSetup, study_dir: Path)
         raise
     if last is not None and finished(run_dir, last, cfg):
         return  # it ended while the driver was away: its real result is now Tune's
+    if setup.seeds > 1:
+        in_group(setup, cfg, run_dir, study_dir, max(held, int(last["epoch"]) if last else -1))
+        return
     if setup.resources.workers == 1:
         in_trial(setup, cfg, run_dir, study_dir, max(held, int(last["epoch"]) if last else -1))
         return
@@ -119,6 +123,66 @@ def in_trial(setup: TrialSetup, cfg, run_dir: Path, study_dir: Path, taken: int)
 
     work(loop_config(setup, cfg, run_dir, study_dir, wait_for_ack=False), 0, 1, trial_device(), report,
          logger(run_dir, 0), "trial process")
+
+
+def in_group(setup: TrialSetup, cfg, run_dir: Path, study_dir: Path, taken: int) -> None:
+    """A seed group's trial (tune/group.py): its members train as Ray actors in the trial's
+    placement group, bundles 1.. (bundle 0 is this waiting process); this process hands Tune the
+    members' mean of each epoch and answers every member. ``taken``: the last epoch Tune has."""
+    from ray.util import get_current_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    folders = [run_dir / group.MEMBER.format(i) for i in range(setup.seeds)]
+    for folder in folders:
+        folder.mkdir(exist_ok=True)
+        acknowledge(folder, taken)  # also clears a stop meant for an earlier attempt
+    res, pg = setup.resources, get_current_placement_group()
+    actors = []
+    for i, folder in enumerate(folders):
+        where = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i + 1) if pg else None
+        actors.append(SeedMember.options(num_cpus=res.cpus_per_worker, num_gpus=res.gpus_per_worker,
+                                         scheduling_strategy=where).remote())
+    refs = [a.run.remote(loop_config(setup, group.member_config(cfg, i), folder, study_dir, wait_for_ack=True))
+            for i, (a, folder) in enumerate(zip(actors, folders))]
+
+    def summarise() -> None:
+        group.write_group_files(run_dir, setup.seeds)
+        if all((f / "summary.json").exists() for f in folders):
+            group.write_group_summary(run_dir, setup.seeds)
+
+    def hand_over(report: dict) -> None:
+        record_report(run_dir, report)
+        # a member reports its final epoch once its summary exists: so does the group (Tune may
+        # stop the trial on that epoch, as ASHA does at its last rung)
+        summarise()
+        to_tune(report)  # returns only if Tune lets the trial go on
+
+    def go_on(epoch: int) -> None:
+        for folder in folders:
+            acknowledge(folder, epoch)
+
+    try:
+        group.lockstep(folders, max(taken, 0) + 1, group.Waiter(refs), hand_over, go_on)  # epochs count from 1
+        for folder in folders:  # a diverged member ended the group: the others stop where it did
+            acknowledge(folder, STOP)
+        ray.get(refs)
+        summarise()
+    except BaseException:  # Tune stopped the trial, or a member failed
+        for folder in folders:
+            acknowledge(folder, STOP)
+        ray.wait(refs, num_returns=len(refs), timeout=30)
+        raise
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+
+
+@ray.remote(max_restarts=0)
+class SeedMember:
+    """One member of a seed group: a run of its own in its own process (see tune/group.py)."""
+
+    def run(self, loop_cfg: dict) -> None:
+        run_member(loop_cfg)
 
 
 def loop_config(setup: TrialSetup, cfg, run_dir: Path, study_dir: Path, wait_for_ack: bool) -> dict:

@@ -17,7 +17,7 @@ from .resources import Resources
 from .taken import RecordTaken
 
 
-def connect(address: str | None, resources: Resources, verbose: bool, storage_root: Path) -> None:
+def connect(address: str | None, resources: Resources, verbose: bool, storage_root: Path, seeds: int = 1) -> None:
     """Join (or start) the cluster and check that one trial fits and the storage is shared."""
     # Tune saves its state every few seconds, so a killed driver loses little
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
@@ -34,7 +34,7 @@ def connect(address: str | None, resources: Resources, verbose: bool, storage_ro
     if freed:
         cpus = sum(b.get("CPU", 0) for group in freed for b in group.values())
         say(f"freed {len(freed)} placement group(s) ({cpus:g} CPUs) left by killed drivers")
-    check_worker_fits(resources.cpus_per_worker, resources.gpus_per_worker, resources.workers)
+    check_worker_fits(resources.cpus_per_worker, resources.gpus_per_worker, resources.workers * seeds)
     storage_root.mkdir(parents=True, exist_ok=True)
     check_storage(storage_root)
     have = ray.cluster_resources()
@@ -43,17 +43,24 @@ def connect(address: str | None, resources: Resources, verbose: bool, storage_ro
         f"writable from every node")
 
 
-def trial_function(fn, resources: Resources, **parameters):
+def trial_function(fn, resources: Resources, seeds: int = 1, **parameters):
     """A trial function with its fixed parameters. A trial of one worker trains in its own
     process, so it asks for that worker's CPUs and GPUs. A trial of several only waits on its
     TorchTrainer, so it asks for no CPU (the workers get every core; the concurrency bounds how
     many run at once); Ray wants a non-empty request: a little logical memory, roughly what that
-    waiting process holds."""
+    waiting process holds. A seed group's trial (``seeds`` > 1) waits the same way on its members,
+    one bundle of one worker's resources each (tune/group.py)."""
+    waiting = {"CPU": 0, "memory": 256 * 2**20}
+    if seeds > 1:
+        member = {"CPU": resources.cpus_per_worker} | ({"GPU": resources.gpus_per_worker}
+                                                       if resources.gpus_per_worker else {})
+        ask = ray.tune.PlacementGroupFactory([waiting] + [member] * seeds)
+        return ray.tune.with_resources(ray.tune.with_parameters(fn, **parameters), ask)
     if resources.workers == 1:
         ask = {"CPU": resources.cpus_per_worker} | ({"GPU": resources.gpus_per_worker}
                                                     if resources.gpus_per_worker else {})
     else:
-        ask = {"CPU": 0, "memory": 256 * 2**20}
+        ask = waiting
     return ray.tune.with_resources(ray.tune.with_parameters(fn, **parameters), ask)
 
 

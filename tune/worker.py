@@ -48,6 +48,24 @@ def train_loop(loop_cfg: dict) -> None:
     work(loop_cfg, rank, world, _device(), _reporter(rank, ack, log, run_dir), log, "ray train worker")
 
 
+def run_member(loop_cfg: dict) -> None:
+    """A seed-group member's process (tune/group.py): its epoch reports go to its run folder, and
+    it waits for the trial's acknowledgement (or stop) as a Train worker does."""
+    run_dir = Path(loop_cfg["run_dir"])
+    log = logger(run_dir, 0)
+    ack = run_dir / ACK_FILE
+
+    def report(metrics: dict) -> None:
+        epoch = int(metrics["epoch"])
+        if _acked(ack) >= epoch and not metrics.get("diverged"):
+            return  # a resumed member re-sends the epoch it restored: Tune has the group's
+        record_report(run_dir, metrics)
+        if _wait_for_ack(ack, epoch, log) == STOP:
+            raise Stopped
+
+    work(loop_cfg, 0, 1, trial_device(), report, log, "seed group member")
+
+
 def work(loop_cfg: dict, rank: int, world: int, device: torch.device, report, log, where: str) -> None:
     """Run the core on one rank: a Train worker's, or a one-worker trial's own process."""
     cfg = config_mod.from_dict(loop_cfg["config"])
