@@ -155,13 +155,25 @@ def test_lockstep_hands_tune_each_epochs_mean_from_epoch_one_and_answers_every_m
         lockstep(members, 1, Ended(), stopped, answered.append)
 
 
+def alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_a_killed_member_restarts_its_group_which_resumes_with_every_epoch_once(ray_cluster, tmp_path):
-    """SIGKILL one member's process after the group's first epoch: the trial fails, Tune restarts
-    it, both members resume from their run folders, and every epoch is in each member's
-    metrics.jsonl and in Tune's results exactly once, Tune's value the members' mean."""
+@pytest.mark.parametrize("victim", ["member", "trial"])
+def test_a_killed_member_or_trial_restarts_its_group_which_resumes_with_every_epoch_once(ray_cluster, tmp_path, victim):
+    """SIGKILL one member's process, or the trial's own (which owns the members' actors), after
+    the group's first epoch: the trial fails, Tune restarts it, both members resume from their
+    run folders, and every epoch is in each member's metrics.jsonl and in Tune's results exactly
+    once, Tune's value the members' mean. A killed trial process takes its members with it."""
     import os
     import signal
     import threading
@@ -179,9 +191,11 @@ def test_a_killed_member_restarts_its_group_which_resumes_with_every_epoch_once(
             for run in (study_dir / "trials").glob("*/seed-1") if (study_dir / "trials").is_dir() else []:
                 trained = [r for r in read_jsonl(run / "metrics.jsonl") if r.get("stage") == "train"]
                 if trained and (run / "nodes.json").exists():
-                    pid = json.loads((run / "nodes.json").read_text())[0]["pid"]
+                    members = [json.loads((run.parent / f"seed-{i}" / "nodes.json").read_text())[0]["pid"]
+                               for i in range(2)]
+                    pid = members[1] if victim == "member" else json.loads((run.parent / "group.json").read_text())["pid"]
                     os.kill(pid, signal.SIGKILL)
-                    killed.append((pid, len(trained)))
+                    killed.append((pid, len(trained), members))
                     return
             time.sleep(0.2)
 
@@ -190,6 +204,7 @@ def test_a_killed_member_restarts_its_group_which_resumes_with_every_epoch_once(
     driver.search(str(path), storage=str(tmp_path / "studies"))
     killer.join(timeout=5)
     assert killed and killed[0][1] < 4, killed  # killed mid-run
+    assert not any(alive(pid) for pid in killed[0][2])  # no member of the first attempt outlives it
     rows = read_csv(study_dir / "trials.csv")
     assert [r["state"] for r in rows] == ["COMPLETE"], rows
     tid = rows[0]["trial_id"]
@@ -200,5 +215,5 @@ def test_a_killed_member_restarts_its_group_which_resumes_with_every_epoch_once(
     assert [[int(r["epoch"]) for r in m] for m in members] == [[1, 2, 3, 4]] * 2
     for e in range(4):
         assert results[e]["val_dice"] == pytest.approx((members[0][e]["val_dice"] + members[1][e]["val_dice"]) / 2)
-    assert len(read_jsonl(run / "seed-1" / "worker_starts.jsonl")) >= 2  # it really started again
+    assert all(len(read_jsonl(run / f"seed-{i}" / "worker_starts.jsonl")) >= 2 for i in range(2))  # both started again
     assert json.loads((run / "summary.json").read_text())["status"] == "complete"

@@ -30,6 +30,7 @@ from diffseg.rundir import read_jsonl
 
 SEED_KEYS = ("seed", "data.split_seed")  # what a member changes; never searched in a seed group
 MEMBER = "seed-{}"
+GROUP_FILE = "group.json"  # in the trial's run folder: the waiting process's pid and the seeds
 POLL_S = 0.2
 
 

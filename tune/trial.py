@@ -15,6 +15,7 @@ Optuna, the run folder and the report agree on where it stopped. In a one-worker
 from __future__ import annotations
 
 import json
+import os
 import queue as queue_mod
 import tempfile
 import threading
@@ -133,6 +134,8 @@ def in_group(setup: TrialSetup, cfg, run_dir: Path, study_dir: Path, taken: int)
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     folders = [run_dir / group.MEMBER.format(i) for i in range(setup.seeds)]
+    # who waits on the members (its process owns their actors: when it dies, they die)
+    (run_dir / group.GROUP_FILE).write_text(json.dumps({"pid": os.getpid(), "seeds": setup.seeds}))
     for folder in folders:
         folder.mkdir(exist_ok=True)
         acknowledge(folder, taken)  # also clears a stop meant for an earlier attempt
