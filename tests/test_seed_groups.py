@@ -217,3 +217,14 @@ def test_a_killed_member_or_trial_restarts_its_group_which_resumes_with_every_ep
         assert results[e]["val_dice"] == pytest.approx((members[0][e]["val_dice"] + members[1][e]["val_dice"]) / 2)
     assert all(len(read_jsonl(run / f"seed-{i}" / "worker_starts.jsonl")) >= 2 for i in range(2))  # both started again
     assert json.loads((run / "summary.json").read_text())["status"] == "complete"
+
+
+def test_the_group_speed_script_refuses_an_earlier_result_and_a_group_of_one_before_measuring(tmp_path, capsys):
+    from experiments import group_speed
+
+    earlier = tmp_path / "speed.json"
+    earlier.write_text("{}")
+    assert group_speed.main(["--output", str(earlier)]) == 2
+    assert earlier.read_text() == "{}" and "exists (an earlier result)" in capsys.readouterr().err
+    assert group_speed.main(["--output", str(tmp_path / "new.json"), "--seeds", "1"]) == 2
+    assert not (tmp_path / "new.json").exists() and "--seeds must be at least 2" in capsys.readouterr().err
