@@ -23,3 +23,14 @@ def make_folder_dataset(root: Path, n=10, splits_csv=False) -> Path:
         rows = ["name,split"] + [f"img{i},{'test' if i < 3 else 'train'}" for i in range(n)]
         (root / "splits.csv").write_text("\n".join(rows) + "\n")
     return root
+
+
+def alive(pid: int) -> bool:
+    """Whether a process with this PID exists (signal 0 checks without sending)."""
+    import os
+
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False

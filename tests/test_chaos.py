@@ -17,6 +17,7 @@ import pytest
 
 from tune.paths import journal
 
+from helpers import alive
 from factories import read_csv, start_tune, write_study
 from test_tune_faults import read_jsonl_safe
 
@@ -28,14 +29,6 @@ TRIALS, EPOCHS = 4, 3
 # kinds follow from the seed alone: seed 0 kills a worker at 9 s and the driver at 15 s, then
 # what the study's length leaves (a trial trains for about 24 s on an idle core: margin for a faster CI)
 SEED, EVERY_S, P_KILL, CHAOS_S, MAX_KILLS = 0, 3.0, 0.5, 60.0, 4
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except OSError:
-        return False
 
 
 def running_trials(study_dir: Path) -> list[int]:

@@ -12,6 +12,7 @@ from diffseg import config
 from diffseg.config import ConfigError
 from diffseg.rundir import read_jsonl
 from experiments.tuned import check_tuning_seeds
+from helpers import alive
 from factories import read_csv, write_study
 from tune import driver
 from tune.group import group_report, lockstep, member_config, mean_rows, next_epoch, tuning_seeds
@@ -153,16 +154,6 @@ def test_lockstep_hands_tune_each_epochs_mean_from_epoch_one_and_answers_every_m
 
     with pytest.raises(KeyboardInterrupt):
         lockstep(members, 1, Ended(), stopped, answered.append)
-
-
-def alive(pid: int) -> bool:
-    import os
-
-    try:
-        os.kill(pid, 0)
-        return True
-    except OSError:
-        return False
 
 
 @pytest.mark.ray
