@@ -81,7 +81,7 @@ def test_a_benchmark_refuses_a_best_config_scored_on_its_groups_seeds(tmp_path):
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_a_seed_group_study_on_real_glas_reports_the_seeds_mean_everywhere(ray_cluster, shared_data, tmp_path):
+def test_a_seed_group_study_on_real_glas_reports_the_seeds_mean_everywhere(ray_cluster, shared_data, tmp_path, capsys):
     """Three trials of two seeds each on GlaS (one group at a time: each takes both CPUs), ASHA on
     the means. For every trial and epoch, Tune's result, Optuna's intermediate value and the
     report equal the mean of its two members' own metrics.jsonl values; every member stopped
@@ -91,6 +91,7 @@ def test_a_seed_group_study_on_real_glas_reports_the_seeds_mean_everywhere(ray_c
                               "diffusion_cps.rounds": {"int": [1, 2]}},
                        set={"data.dataset": "glas", "train.epochs": 3})
     study_dir = driver.search(str(path), storage=str(tmp_path / "studies"), data_root=str(shared_data))
+    assert " over 2 seeds (" in capsys.readouterr().out  # the progress line shows each seed's value
     rows = {r["trial_id"]: r for r in read_csv(study_dir / "trials.csv")}
     ot = {t.user_attrs["tune_trial_id"]: t for t in
           optuna.load_study(study_name="groups", storage=journal(study_dir)).get_trials()}

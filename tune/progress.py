@@ -30,8 +30,11 @@ class Progress(Callback):
         better = self.best is None or (value > self.best[0] if self.mode == "max" else value < self.best[0])
         if better:
             self.best = (value, trial.trial_id)
+        seeds = result.get(f"{self.metric}_seeds")  # a seed group's members (tune/group.py)
+        spread = (f" ± {result[f'{self.metric}_ci95']:.4f} over {len(seeds)} seeds ("
+                  + ", ".join(f"{v:.4f}" for v in seeds) + ")") if isinstance(seeds, list) else ""
         self.say(f"trial {trial.trial_id} epoch {result.get('epoch')}/{self.max_epochs} "
-                 f"{self.metric} {value:.4f} (study best {self.best[0]:.4f}, trial {self.best[1]})")
+                 f"{self.metric} {value:.4f}{spread} (study best {self.best[0]:.4f}, trial {self.best[1]})")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.done += 1
