@@ -96,7 +96,7 @@ def markdown(bench: dict, rows: list[dict], plots: dict) -> str:
              f"- {protocol_line(rows)}; mean ± half-width of the 95 % "
              "Student-t interval over seeds; **bold**: the best mean of its column (higher Dice and Jaccard, "
              "lower HD95 and ASD, in pixels)", ""]
-    lines += tuned_caveat(bench) + against_published(bench, groups) + against_parents(bench, rows)
+    lines += tuned_caveat(bench) + against_published(bench, groups) + the_field(bench) + against_parents(bench, rows)
     for dataset in sorted({r["dataset"] for r in rows}):
         floor = next((r["test_all_foreground_dice"] for r in rows if r["dataset"] == dataset
                       and r["test_all_foreground_dice"] is not None), None)
@@ -196,6 +196,18 @@ def against_published(bench: dict, groups: dict) -> list[str]:
                      + (f"{mean:.2f} | {h90:.2f} | {h95:.2f}" if math.isfinite(mean) else "- | - | -")
                      + f" | {len(values)} | {diff} |")
     return lines + ["", "Sources: " + "; ".join(sorted({r["source"] for r in reference.values()})), ""]
+
+
+def the_field(bench: dict) -> list[str]:
+    """Published values of methods the benchmark does not run: where the field stands, not a row."""
+    field_values = bench.get("literature") or {}
+    if not field_values:
+        return []
+    lines = ["## The field's published values (methods not run here)", "",
+             "Context, not a comparison: other methods, other training budgets and, for most, other protocols.", "",
+             "| method and setting | Dice (%) | protocol | source |", "|---|---|---|---|"]
+    lines += [f"| {label} | {v['dice']:.2f} | {v.get('protocol', '')} | {v['source']} |" for label, v in field_values.items()]
+    return lines + [""]
 
 
 def against_parents(bench: dict, rows: list[dict]) -> list[str]:

@@ -77,6 +77,7 @@ class Benchmark:
     set: dict = field(default_factory=dict)  # dotted overrides of every cell, after the preset
     tune: dict = field(default_factory=dict)  # the tune: section (experiments/tuned.py); empty: none
     tuned_rows: dict = field(default_factory=dict)  # row (dataset-variant-rNN) -> its study's best.yaml
+    literature: dict = field(default_factory=dict)  # other methods' published values: label -> {dice, source, protocol}
 
     def rows(self, available: set[str] | None = None, tuning_seed: int = 0) -> dict[str, dict]:
         """Each row's config on ``tuning_seed``: the base config of the row's study under ``tune:``."""
@@ -144,6 +145,9 @@ class BenchmarkFile:
     # published values beside the table: dataset-variant-rNN -> {dice: percent, source: ...,
     # protocol: ...}
     reference: dict = field(default_factory=dict)
+    # published values of methods this benchmark does not run (the field's state of the art), printed
+    # beside the table as context: LABEL -> {dice: percent, source: ..., protocol: ...}
+    literature: dict = field(default_factory=dict)
     tuned: dict = field(default_factory=dict)  # dataset -> a finished study's best.yaml
     # every row tuned by a study of its own, the same budget for each (experiments/tuned.py)
     tune: TuneSection = field(default_factory=TuneSection)
@@ -189,7 +193,8 @@ def parse(data: dict, preset: str | None = None, source: str = "") -> Benchmark:
     bench = Benchmark(check_name(str(f.name or Path(source).stem)), dict(f.datasets), f.ratios, f.seeds, methods,
                       f.preset, dict(f.tuned), f.resources.with_trials(f.concurrency, f.max_failures), source,
                       {n: v for n, v in variants.items() if v.set or v.method != n}, tuple(f.exclude), reference,
-                      dict(f.set), dataclasses.asdict(f.tune) if f.tune.study else {})
+                      dict(f.set), dataclasses.asdict(f.tune) if f.tune.study else {},
+                      literature={k: check_published(f"literature '{k}'", v) for k, v in f.literature.items()})
     names = [c.name for c in bench.cells()]  # every cell's config is checked now, before anything runs
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:  # one folder for two cells: one of them would silently never run
@@ -221,11 +226,16 @@ def variant(entry) -> Variant:
 def check_reference(key: str, value, groups: set[str]) -> dict:
     if key not in groups:
         raise ConfigError(f"reference: '{key}' is no row of this benchmark; rows: {', '.join(sorted(groups))}")
+    return check_published(f"reference '{key}'", value)
+
+
+def check_published(what: str, value) -> dict:
+    """A published value: {dice: percent, source: text, protocol: text}; ``what`` names it in errors."""
     if not isinstance(value, dict) or not {"dice", "source"} <= set(value) or set(value) - {"dice", "source", "protocol"}:
-        raise ConfigError(f"reference '{key}' must be {{dice: PERCENT, source: TEXT, protocol: TEXT}}, got {value!r}")
+        raise ConfigError(f"{what} must be {{dice: PERCENT, source: TEXT, protocol: TEXT}}, got {value!r}")
     dice = value["dice"]
     if isinstance(dice, bool) or not isinstance(dice, (int, float)) or not 0 <= dice <= 100:
-        raise ConfigError(f"reference '{key}': dice is a percentage in [0, 100] (papers print 80.83), got {dice!r}")
+        raise ConfigError(f"{what}: dice is a percentage in [0, 100] (papers print 80.83), got {dice!r}")
     return {"dice": float(dice), "source": str(value["source"]), "protocol": str(value.get("protocol", ""))}
 
 

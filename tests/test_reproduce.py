@@ -122,7 +122,8 @@ def test_benchmark_variants_exclude_and_references_are_checked(tmp_path):
             ({"methods": ["supervised", {"name": "a-b", "method": "supervised"}]}, "variant name 'a-b'"),
             ({"methods": ["supervised", {"name": "v", "method": "nope"}]}, "method 'nope' is not one of"),
             ({"methods": ["supervised", {"name": "v", "method": "supervised", "set": {"train.lrr": 1}}]}, "cell glas-v-r10-s0: unknown"),
-            ({"methods": ["supervised", "cps", "cps"]}, "names a row twice")]:
+            ({"methods": ["supervised", "cps", "cps"]}, "names a row twice"),
+            ({"literature": {"BCP": {"dice": 0.9, "source": "x", "year": 2023}}}, "literature 'BCP' must be {dice")]:
         tally.refused(lambda: benchmark.parse(good | bad), ConfigError, re.escape(message))
 
 
@@ -202,3 +203,14 @@ def test_max_items_bounds_each_epochs_validation_and_the_kept_model_is_scored_on
     assert loop.selection.items("val") == "val"
     summary = loop.fit()
     assert summary["val"]["n"] == len(loop.data.splits.val) > 2
+
+
+def test_the_fields_published_values_of_other_methods_are_printed_as_context():
+    """`literature:` names methods the benchmark does not run (LA's BCP, AD-MT): their values go
+    beside the table as the field's, never as a row of ours."""
+    bench = benchmark.load("la")
+    assert bench.literature["BCP (LA, 10 %)"]["dice"] == 89.62
+    lines = "\n".join(bench_report.the_field({"literature": bench.literature}))
+    assert "## The field's published values (methods not run here)" in lines and "| AD-MT (LA, 10 %) | 90.55 |" in lines
+    assert bench_report.the_field({"literature": {}}) == []
+
