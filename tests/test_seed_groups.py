@@ -129,11 +129,9 @@ def test_a_seed_group_study_on_real_glas_reports_the_seeds_mean_everywhere(ray_c
         study_dir / "best.yaml").read_text()
 
 
-class Ended:
-    """A waiter whose members have all ended (their reports are already in their folders)."""
-
-    def done(self) -> bool:
-        return True
+def ended() -> bool:
+    """Every member has ended (their reports are already in their folders)."""
+    return True
 
 
 def test_lockstep_hands_tune_each_epochs_mean_from_epoch_one_and_answers_every_member(tmp_path):
@@ -143,18 +141,18 @@ def test_lockstep_hands_tune_each_epochs_mean_from_epoch_one_and_answers_every_m
         (m / "reports.jsonl").write_text("".join(json.dumps({"epoch": e, "val_dice": 0.1 * e + 0.2 * i}) + "\n"
                                                  for e in (1, 2)))
     handed, answered = [], []
-    lockstep(members, 1, Ended(), handed.append, answered.append)
+    lockstep(members, 1, ended, handed.append, answered.append)
     assert [r["epoch"] for r in handed] == [1, 2] and answered == [1, 2]
     assert [r["val_dice"] for r in handed] == pytest.approx([0.2, 0.3])
     handed.clear()
-    lockstep(members, 2, Ended(), handed.append, answered.append)  # resumed after Tune took epoch 1
+    lockstep(members, 2, ended, handed.append, answered.append)  # resumed after Tune took epoch 1
     assert [r["epoch"] for r in handed] == [2]
 
     def stopped(report):
         raise KeyboardInterrupt  # what Tune's report raises when it stops the trial
 
     with pytest.raises(KeyboardInterrupt):
-        lockstep(members, 1, Ended(), stopped, answered.append)
+        lockstep(members, 1, ended, stopped, answered.append)
 
 
 @pytest.mark.ray

@@ -69,15 +69,21 @@ def group_report(reports: list[dict]) -> dict:
         first = reports[diverged[0]]
         return dict(first) | {"seeds": len(reports),
                               "diverged_reason": f"seed member {diverged[0]}: {first.get('diverged_reason', '')}"}
-    out: dict = {"epoch": int(reports[0]["epoch"]), "seeds": len(reports)}
-    for key in reports[0]:
-        if key == "epoch" or not all(_numeric(r.get(key)) for r in reports):
+    return {"epoch": int(reports[0]["epoch"]), "seeds": len(reports)} | means(
+        [{k: v for k, v in r.items() if k != "epoch"} for r in reports], SPREAD)
+
+
+def means(records: list[dict], spread=("",)) -> dict:
+    """The mean of every value that is a number in each record; a key starting with one of
+    ``spread`` also gets ``<key>_seeds`` (the records' values, in order) and ``<key>_ci95``."""
+    out: dict = {}
+    for key in records[0]:
+        if not all(_numeric(r.get(key)) for r in records):
             continue
-        values = [float(r[key]) for r in reports]
+        values = [float(r[key]) for r in records]
         out[key], ci = mean_ci(values)
-        if key.startswith(SPREAD):
-            out[f"{key}_seeds"] = values
-            out[f"{key}_ci95"] = ci
+        if key.startswith(spread):
+            out[f"{key}_seeds"], out[f"{key}_ci95"] = values, ci
     return out
 
 
@@ -117,13 +123,7 @@ def write_group_summary(run_dir: Path, seeds: int) -> None:
     if reason:
         out["reason"] = reason
     for part in ("val", "test"):
-        scores = [m.get(part) or {} for m in members]
-        keys = [k for k in scores[0] if all(_numeric(s.get(k)) for s in scores)]
-        out[part] = {}
-        for k in keys:
-            values = [float(s[k]) for s in scores]
-            out[part][k], ci = mean_ci(values)
-            out[part][f"{k}_seeds"], out[part][f"{k}_ci95"] = values, ci
+        out[part] = means([m.get(part) or {} for m in members])
     durable.write_text(run_dir / "summary.json", json.dumps(out, indent=1))
 
 
@@ -140,31 +140,27 @@ def next_epoch(members: list[Path], epoch: int) -> list[dict] | None:
     return got if diverged or all(r is not None for r in got) else None
 
 
-class Waiter:
-    """How long the trial waits for its members, with what it checks meanwhile: a member actor
-    that ended with an error raises it here (Tune then restarts the trial, which resumes)."""
+def members_ended(refs: list) -> bool:
+    """Whether every member actor's run has returned; a member that ended with an error raises
+    it here (Tune then restarts the trial, which resumes)."""
+    import ray
 
-    def __init__(self, refs: list):
-        self.refs = list(refs)
-
-    def done(self) -> bool:
-        import ray
-
-        ready, _ = ray.wait(self.refs, num_returns=len(self.refs), timeout=0)
-        for ref in ready:
-            ray.get(ref)  # raises a member's error
-        return len(ready) == len(self.refs)
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+    for ref in ready:
+        ray.get(ref)  # raises a member's error
+    return len(ready) == len(refs)
 
 
-def lockstep(members: list[Path], first_epoch: int, waiter: Waiter, hand_over, acknowledge) -> None:
-    """Gathers the members' reports epoch by epoch from ``first_epoch`` until they have all ended;
+def lockstep(members: list[Path], first_epoch: int, ended, hand_over, acknowledge) -> None:
+    """Gathers the members' reports epoch by epoch from ``first_epoch`` until they have all ended
+    (``ended()``);
     ``hand_over(report)`` gives each group epoch to Tune (it raises when Tune stops the trial),
     ``acknowledge(epoch)`` lets every member go on."""
     epoch = first_epoch
     while True:
         got = next_epoch(members, epoch)
         if got is None:
-            if waiter.done():  # ended without this epoch: a finished run, nothing left to report
+            if ended():  # ended without this epoch: a finished run, nothing left to report
                 if next_epoch(members, epoch) is None:
                     return
             time.sleep(POLL_S)

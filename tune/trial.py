@@ -165,7 +165,7 @@ def in_group(setup: TrialSetup, cfg, run_dir: Path, study_dir: Path, taken: int)
             acknowledge(folder, epoch)
 
     try:
-        group.lockstep(folders, max(taken, 0) + 1, group.Waiter(refs), hand_over, go_on)  # epochs count from 1
+        group.lockstep(folders, max(taken, 0) + 1, lambda: group.members_ended(refs), hand_over, go_on)  # epochs count from 1
         for folder in folders:  # a diverged member ended the group: the others stop where it did
             acknowledge(folder, STOP)
         ray.get(refs)
